@@ -1,0 +1,67 @@
+"""The one place that reads the environment.
+
+Every path anchors to the data directory (``FEEDBACK_DATA_DIR``), never to the current working directory.
+Everything has an embedded default so ``make run`` needs no server and no configuration.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# No machine here reaches the model hubs: loading must come from local paths only.
+for _var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
+    os.environ.setdefault(_var, "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path
+    feedback_db_url: str
+    mlflow_tracking_uri: str
+    mlflow_artifact_root: str
+    chat_base_model: str  # "" means the bundled SmolLM2-135M-Instruct, converted once into the data dir
+    embedding_model: str  # "" means the bundled all-MiniLM-L6-v2
+    shared_data_dir: Path
+    retrain_min_new_feedback: int
+    chat_model_name: str
+    embedding_model_name: str
+
+    @cached_property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    @cached_property
+    def datasets_dir(self) -> Path:
+        return self.data_dir / "datasets"
+
+    @cached_property
+    def reports_dir(self) -> Path:
+        return self.data_dir / "reports"
+
+    @cached_property
+    def cache_dir(self) -> Path:
+        return self.data_dir / "cache"
+
+
+def load_settings(env: dict[str, str] | None = None) -> Settings:
+    env = dict(os.environ if env is None else env)
+    data_dir = Path(env.get("FEEDBACK_DATA_DIR") or REPO_ROOT / ".data").expanduser().resolve()
+    mlflow_dir = data_dir / "mlflow"
+    return Settings(
+        data_dir=data_dir,
+        feedback_db_url=env.get("FEEDBACK_DB_URL") or f"sqlite:///{data_dir / 'feedback.db'}",
+        mlflow_tracking_uri=env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{mlflow_dir / 'mlflow.db'}",
+        mlflow_artifact_root=env.get("MLFLOW_ARTIFACT_ROOT") or str(mlflow_dir / "artifacts"),
+        chat_base_model=env.get("CHAT_BASE_MODEL", ""),
+        embedding_model=env.get("EMBEDDING_MODEL", ""),
+        shared_data_dir=Path(env.get("FEEDBACK_SHARED_DATA") or REPO_ROOT.parent / "shared" / "data").resolve(),
+        retrain_min_new_feedback=int(env.get("RETRAIN_MIN_NEW_FEEDBACK", "200")),
+        chat_model_name=env.get("CHAT_REGISTERED_MODEL", "feedback-chat"),
+        embedding_model_name=env.get("EMBEDDING_REGISTERED_MODEL", "feedback-embedder"),
+    )
