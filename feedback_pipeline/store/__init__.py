@@ -1,0 +1,1 @@
+"""The feedback store: schema migrations and typed access, for PostgreSQL and SQLite."""

@@ -1,0 +1,173 @@
+"""Typed reads and writes of the feedback table on PostgreSQL or SQLite.
+
+The DDL lives in ``sql/``; this module mirrors it as SQLAlchemy columns only to bind and read values with
+the right types (UUID/JSONB on PostgreSQL, text/JSON on SQLite). A test checks the mirror against the
+migrated database so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Iterable
+
+import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from feedback_pipeline.ingestion.records import COLUMNS
+from feedback_pipeline.store.migrate import migrate
+
+_JSON = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+_UUID = sa.String(36).with_variant(postgresql.UUID(as_uuid=False), "postgresql")
+_TS = sa.DateTime(timezone=True)
+
+FEEDBACK = sa.Table(
+    "feedback", sa.MetaData(),
+    sa.Column("id", _UUID, primary_key=True),
+    sa.Column("created_at", _TS), sa.Column("updated_at", _TS), sa.Column("ingested_at", _TS),
+    sa.Column("user_id", sa.Text), sa.Column("session_id", sa.Text), sa.Column("message_index", sa.Integer),
+    sa.Column("query", sa.Text), sa.Column("history", _JSON), sa.Column("response", sa.Text),
+    sa.Column("model_name", sa.Text), sa.Column("model_version", sa.Text), sa.Column("intent", sa.Text),
+    sa.Column("project", sa.Text), sa.Column("subject", sa.Text),
+    sa.Column("rating", sa.Float), sa.Column("rating_thumb", sa.SmallInteger),
+    sa.Column("rating_stars", sa.SmallInteger), sa.Column("rating_raw", sa.Text), sa.Column("rating_scale", sa.Text),
+    sa.Column("comment", sa.Text), sa.Column("tools_called", _JSON), sa.Column("retrieved_context", _JSON),
+    sa.Column("latency_ms", sa.Float), sa.Column("prompt_tokens", sa.Integer),
+    sa.Column("completion_tokens", sa.Integer), sa.Column("source", sa.Text), sa.Column("metadata", _JSON),
+)
+assert tuple(c.name for c in FEEDBACK.columns) == COLUMNS
+_TIME_COLUMNS = ("created_at", "updated_at", "ingested_at")
+# Fields a later rating of the same record may change; the newest updated_at wins.
+_MUTABLE = ("updated_at", "rating", "rating_thumb", "rating_stars", "rating_raw", "rating_scale", "comment", "metadata")
+# A re-sent record counts as a change only when what the user said changed, not merely its timestamp.
+_CHANGE = ("rating", "rating_raw", "comment")
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    received: int
+    inserted: int
+    updated: int
+
+    @property
+    def unchanged(self) -> int:
+        return self.received - self.inserted - self.updated
+
+
+class FeedbackStore:
+    """Owns one SQLAlchemy engine; created lazily so importing this module never connects."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self._engine: sa.Engine | None = None
+
+    @property
+    def engine(self) -> sa.Engine:
+        if self._engine is None:
+            if self.url.startswith("sqlite:///"):
+                from pathlib import Path
+                Path(self.url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+            url = self.url.replace("postgresql://", "postgresql+psycopg://", 1)
+            self._engine = sa.create_engine(url, pool_pre_ping=True)
+        return self._engine
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    def migrate(self) -> list[int]:
+        return migrate(self.engine)
+
+    def dispose(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+
+    def write(self, rows: Iterable[dict], chunk_size: int = 500) -> WriteResult:
+        """Insert new records; a known id is updated only when its ``updated_at`` is newer (a re-rating).
+
+        All rows are written in one transaction: when this returns, every row is committed.
+        """
+        rows = [_to_db(row, self.dialect) for row in rows]
+        insert = (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(FEEDBACK)
+        stmt = insert.on_conflict_do_update(
+            index_elements=["id"],
+            set_={name: insert.excluded[name] for name in _MUTABLE},
+            where=sa.and_(FEEDBACK.c.updated_at < insert.excluded.updated_at,
+                          sa.or_(*(FEEDBACK.c[n].is_distinct_from(insert.excluded[n]) for n in _CHANGE))),
+        )
+        inserted = updated = 0
+        with self.engine.begin() as conn:
+            for start in range(0, len(rows), chunk_size):
+                chunk = rows[start:start + chunk_size]
+                ids = [r["id"] for r in chunk]
+                known = {str(r.id): (_utc(r.updated_at), tuple(r[2:])) for r in conn.execute(
+                    sa.select(FEEDBACK.c.id, FEEDBACK.c.updated_at, *(FEEDBACK.c[n] for n in _CHANGE))
+                    .where(FEEDBACK.c.id.in_(ids)))}
+                conn.execute(stmt, chunk)
+                for r in chunk:  # mirror the statement's decision to report what happened
+                    state = (_utc(r["updated_at"]), tuple(r[n] for n in _CHANGE))
+                    if r["id"] not in known:
+                        inserted += 1
+                        known[r["id"]] = state
+                    elif known[r["id"]][0] < state[0] and known[r["id"]][1] != state[1]:
+                        updated += 1
+                        known[r["id"]] = state
+        return WriteResult(received=len(rows), inserted=inserted, updated=updated)
+
+    def read_frame(self, start: datetime | None = None, end: datetime | None = None,
+                   column: str = "created_at") -> pd.DataFrame:
+        """All feedback rows (optionally ``start <= column < end``) as a DataFrame with UTC timestamps."""
+        query = sa.select(FEEDBACK).order_by(FEEDBACK.c.created_at, FEEDBACK.c.id)
+        if start is not None:
+            query = query.where(FEEDBACK.c[column] >= _to_db_time(start, self.dialect))
+        if end is not None:
+            query = query.where(FEEDBACK.c[column] < _to_db_time(end, self.dialect))
+        with self.engine.connect() as conn:
+            records = [dict(r._mapping) for r in conn.execute(query)]
+        frame = pd.DataFrame.from_records(records, columns=list(COLUMNS))
+        for name in _TIME_COLUMNS:
+            frame[name] = pd.to_datetime(frame[name].map(_utc), utc=True)
+        frame["id"] = frame["id"].astype(str)
+        return frame
+
+    def count(self) -> int:
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(sa.func.count()).select_from(FEEDBACK)).scalar_one()
+
+    def rated_since(self, watermark: datetime | None) -> tuple[int, datetime | None]:
+        """Rated rows ingested after ``watermark`` and the newest ingestion time among them."""
+        query = sa.select(sa.func.count(), sa.func.max(FEEDBACK.c.ingested_at)).where(
+            FEEDBACK.c.rating_thumb.is_not(None), FEEDBACK.c.rating_thumb != 0)
+        if watermark is not None:
+            query = query.where(FEEDBACK.c.ingested_at > _to_db_time(watermark, self.dialect))
+        with self.engine.connect() as conn:
+            count, newest = conn.execute(query).one()
+        return int(count), _utc(newest)
+
+    def delete_user(self, user_id: str) -> int:
+        """Erase every record of one user (right to erasure); returns rows deleted."""
+        with self.engine.begin() as conn:
+            return conn.execute(sa.delete(FEEDBACK).where(FEEDBACK.c.user_id == user_id)).rowcount
+
+
+def _utc(value):
+    if value is None or (isinstance(value, float) and pd.isna(value)):
+        return None
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+def _to_db_time(value: datetime, dialect: str) -> datetime:
+    value = _utc(value)
+    # SQLite keeps no zone: everything is stored as naive UTC so text comparison orders correctly.
+    return value.replace(tzinfo=None) if dialect == "sqlite" else value
+
+
+def _to_db(row: dict, dialect: str) -> dict:
+    out = {name: row.get(name) for name in COLUMNS}
+    for name in _TIME_COLUMNS:
+        out[name] = _to_db_time(out[name], dialect)
+    return out
