@@ -1,0 +1,38 @@
+"""Everything Dagster loads: assets, checks, jobs, schedules, sensors and resources."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from feedback_pipeline.defs import analysis, cleaning, datasets, evaluation, ingestion, training
+from feedback_pipeline.defs.automation import build_retraining_sensor, retraining_job, weekly_retraining_schedule
+from feedback_pipeline.defs.resources import FeedbackStoreResource, MlflowResource, WorkspaceResource
+from feedback_pipeline.settings import Settings, load_settings
+
+_MODULES = [ingestion, cleaning, analysis, datasets, training, evaluation]
+
+
+def build_resources(settings: Settings) -> dict:
+    return {
+        "feedback_store": FeedbackStoreResource(db_url=settings.feedback_db_url),
+        "mlflow_tracking": MlflowResource(tracking_uri=settings.mlflow_tracking_uri,
+                                          artifact_root=settings.mlflow_artifact_root,
+                                          chat_model_name=settings.chat_model_name,
+                                          embedding_model_name=settings.embedding_model_name),
+        "workspace": WorkspaceResource(data_dir=str(settings.data_dir), chat_base_model=settings.chat_base_model,
+                                       embedding_model=settings.embedding_model),
+    }
+
+
+def build_definitions(settings: Settings) -> dg.Definitions:
+    return dg.Definitions(
+        assets=dg.load_assets_from_modules(_MODULES),
+        asset_checks=dg.load_asset_checks_from_modules(_MODULES),
+        jobs=[retraining_job],
+        schedules=[weekly_retraining_schedule],
+        sensors=[build_retraining_sensor(settings.retrain_min_new_feedback)],
+        resources=build_resources(settings),
+    )
+
+
+defs = build_definitions(load_settings())

@@ -1,0 +1,1 @@
+"""The thin Dagster layer: assets call the plain modules, resources own connections and paths."""

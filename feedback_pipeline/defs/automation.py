@@ -1,0 +1,50 @@
+"""Jobs, the new-feedback sensor and the weekly schedule: retraining without anyone."""
+
+
+from datetime import datetime
+
+import dagster as dg
+
+from feedback_pipeline.defs.resources import FeedbackStoreResource
+
+retraining_job = dg.define_asset_job(
+    "retraining_job", selection=dg.AssetSelection.all(),
+    description="Feedback -> cleaned -> reports -> datasets -> LoRA adapter -> evaluation -> registered challenger.")
+
+weekly_retraining_schedule = dg.ScheduleDefinition(
+    name="weekly_retraining_schedule", job=retraining_job, cron_schedule="0 2 * * 0",
+    execution_timezone="UTC", default_status=dg.DefaultScheduleStatus.STOPPED,
+    description="Retrain every Sunday at 02:00 UTC.")
+
+
+
+def last_dataset_watermark(instance: dg.DagsterInstance) -> datetime | None:
+    """Newest ingestion time of the feedback the last sft_dataset was built from."""
+    event = instance.get_latest_materialization_event(dg.AssetKey("sft_dataset"))
+    if event is None or event.asset_materialization is None:
+        return None
+    value = event.asset_materialization.metadata.get("data_watermark")
+    text = getattr(value, "value", value)
+    return datetime.fromisoformat(text) if text and text != "none" else None
+
+
+def build_retraining_sensor(min_new_rated: int) -> dg.SensorDefinition:
+    @dg.sensor(name="new_feedback_sensor", job=retraining_job, minimum_interval_seconds=300,
+               default_status=dg.DefaultSensorStatus.STOPPED,
+               description=f"Requests retraining_job once {min_new_rated} new rated feedback rows have arrived "
+                           "since the data the last dataset was built from.")
+    def new_feedback_sensor(context: dg.SensorEvaluationContext, feedback_store: FeedbackStoreResource):
+        watermark = last_dataset_watermark(context.instance)
+        # The cursor remembers the newest row we already asked a run for, so a pending run is not re-requested.
+        requested = datetime.fromisoformat(context.cursor) if context.cursor else None
+        since = max(filter(None, [watermark, requested]), default=None)
+        new_rows, newest = feedback_store.store().rated_since(since)
+        if new_rows < min_new_rated or newest is None:
+            return dg.SkipReason(f"{new_rows} new rated rows since {since or 'the beginning'}; "
+                                 f"waiting for {min_new_rated}")
+        return dg.SensorResult(
+            run_requests=[dg.RunRequest(run_key=f"retrain-until-{newest.isoformat()}",
+                                        tags={"new_rated_rows": str(new_rows)})],
+            cursor=newest.isoformat())
+
+    return new_feedback_sensor

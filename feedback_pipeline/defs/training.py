@@ -1,0 +1,61 @@
+"""base_chat_model and chat_adapter: the model we start from and its LoRA fine-tune, tracked in MLflow."""
+
+
+from dataclasses import asdict
+
+import dagster as dg
+import mlflow
+from pydantic import Field
+
+from feedback_pipeline.defs.resources import MlflowResource, WorkspaceResource
+from feedback_pipeline.training.base_model import prepare_base_chat_model
+from feedback_pipeline.training.chat_sft import ChatSFTConfig, main as train_chat_sft
+
+
+@dg.asset(group_name="training", kinds={"pytorch"},
+          description="The base chat model as a local HF folder (bundled SmolLM2-135M converted once, or CHAT_BASE_MODEL).")
+def base_chat_model(context: dg.AssetExecutionContext, workspace: WorkspaceResource) -> dict:
+    path = prepare_base_chat_model(workspace.path("models") / "smollm2-135m-instruct", workspace.chat_base_model)
+    context.add_output_metadata({"path": dg.MetadataValue.path(str(path)),
+                                 "source": workspace.chat_base_model or "bundled SmolLM2-135M-Instruct (GGUF)"})
+    return {"path": str(path)}
+
+
+class ChatTrainingConfig(dg.Config):
+    max_steps: int = Field(12, description="Optimizer steps (small by default so the demo runs on a CPU).")
+    batch_size: int = Field(4, description="Examples per step.")
+    learning_rate: float = Field(2e-4, description="AdamW learning rate for the LoRA weights.")
+    lora_r: int = Field(16, description="LoRA rank.")
+    lora_alpha: int = Field(16, description="LoRA scaling numerator.")
+    max_length: int = Field(256, description="Tokens per example (prompt is cut from the left).")
+    seed: int = Field(42, description="Random seed.")
+
+
+@dg.asset(group_name="training", kinds={"pytorch", "mlflow"},
+          description="LoRA adapter fine-tuned on sft_dataset with per-example weights; one MLflow run.")
+def chat_adapter(context: dg.AssetExecutionContext, config: ChatTrainingConfig, sft_dataset: dict,
+                 base_chat_model: dict, workspace: WorkspaceResource, mlflow_tracking: MlflowResource) -> dict:
+    mlflow_tracking.activate()
+    tag = f"{sft_dataset['fingerprint'][:12]}-{context.run_id[:8]}"
+    cfg = ChatSFTConfig(
+        base_model_path=base_chat_model["path"], train_file=sft_dataset["train_file"],
+        eval_file=sft_dataset["eval_file"], output_dir=str(workspace.path("models", "chat_adapters", tag)),
+        max_steps=config.max_steps, per_device_train_batch_size=config.batch_size,
+        learning_rate=config.learning_rate, lora_r=config.lora_r, lora_alpha=config.lora_alpha,
+        max_length=config.max_length, seed=config.seed)
+    with mlflow.start_run(run_name=f"chat-sft-{tag}") as run:
+        mlflow.set_tags({"stage": "chat_sft", "dagster_run_id": context.run_id})
+        mlflow.log_params({**{k: v for k, v in asdict(cfg).items() if k != "lora_target_modules"},
+                           "dataset_fingerprint": sft_dataset["fingerprint"],
+                           "train_rows": sft_dataset["counts"]["train"], "eval_rows": sft_dataset["counts"]["eval"]})
+        result = train_chat_sft(cfg, log=context.log.info)
+        summary = {"final_train_loss": result.final_train_loss, "train_runtime_s": result.train_runtime_s}
+        if result.eval_loss is not None:
+            summary["eval_loss"] = result.eval_loss
+        mlflow.log_metrics(summary)
+        mlflow.log_artifacts(result.adapter_dir, artifact_path="adapter")
+    context.add_output_metadata({**summary, "steps": result.steps, "mlflow_run_id": run.info.run_id,
+                                 "trainable_params": result.trainable_params,
+                                 "adapter_dir": dg.MetadataValue.path(result.adapter_dir)})
+    return {"adapter_dir": result.adapter_dir, "run_id": run.info.run_id, "base_model_path": cfg.base_model_path,
+            "dataset_fingerprint": sft_dataset["fingerprint"], **summary}

@@ -1,0 +1,1 @@
+"""MLflow: experiments, runs, and the model registry (no Dagster import)."""
