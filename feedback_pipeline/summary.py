@@ -15,8 +15,8 @@ _SHOWN = [
     ("sft_dataset", ["train_rows", "eval_rows", "fingerprint"]),
     ("kto_dataset", ["train_rows", "eval_rows"]),
     ("chat_adapter", ["steps", "final_train_loss", "eval_loss", "train_runtime_s", "mlflow_run_id"]),
-    ("chat_model_evaluation", ["base_nll_liked", "candidate_nll_liked", "base_perplexity_liked",
-                               "candidate_perplexity_liked", "preference_margin", "preference_margin_ci_low",
+    ("chat_model_evaluation", ["base_nll", "candidate_nll", "base_perplexity",
+                               "candidate_perplexity", "preference_margin", "preference_margin_ci_low",
                                "preference_margin_ci_high", "n_liked", "n_disliked"]),
     ("chat_model_version", ["registered_model", "version", "alias", "uri"]),
 ]

@@ -39,11 +39,11 @@ def chat_model_evaluation(context: dg.AssetExecutionContext, config: ChatEvaluat
                 description="The candidate must not be worse than the base on held-out liked responses.")
 def check_candidate_not_worse(chat_model_evaluation: dict) -> dg.AssetCheckResult:
     m = chat_model_evaluation["metrics"]
-    limit = m["base_nll_liked"] * (1 + chat_model_evaluation["max_nll_increase"])
-    finite = all(math.isfinite(float(v)) for v in m.values())
+    limit = m["base_nll"] * (1 + chat_model_evaluation["max_nll_increase"])
+    finite = all(math.isfinite(float(m[k])) for k in ("base_nll", "candidate_nll", "preference_margin"))
     return dg.AssetCheckResult(
-        passed=finite and m["candidate_nll_liked"] <= limit,
-        metadata={"base_nll_liked": m["base_nll_liked"], "candidate_nll_liked": m["candidate_nll_liked"],
+        passed=finite and m["candidate_nll"] <= limit,
+        metadata={"base_nll": m["base_nll"], "candidate_nll": m["candidate_nll"],
                   "allowed_max": limit, "all_finite": finite})
 
 

@@ -1,0 +1,72 @@
+"""The retraining sensor and schedule, evaluated the way the daemon does; and the definitions load."""
+
+from datetime import datetime, timezone
+
+import dagster as dg
+
+from feedback_pipeline.definitions import build_definitions, defs
+from feedback_pipeline.defs.automation import build_retraining_sensor, weekly_retraining_schedule
+from feedback_pipeline.defs.resources import FeedbackStoreResource
+from feedback_pipeline.ingestion.records import normalise_record
+from feedback_pipeline.settings import load_settings
+from feedback_pipeline_tests.conftest import feedback
+
+
+def _add_rated(store, n, prefix):
+    store.write([normalise_record(feedback(query=f"{prefix}{i}", rating="up" if i % 2 else "down"), "t")
+                 for i in range(n)])
+
+
+def _evaluate(sensor, store, instance, cursor=None):
+    with dg.build_sensor_context(instance=instance, cursor=cursor,
+                                 resources={"feedback_store": FeedbackStoreResource(db_url=store.url)}) as ctx:
+        return sensor(ctx), ctx
+
+
+def test_sensor_waits_then_requests_once(store):
+    sensor = build_retraining_sensor(min_new_rated=50)
+    instance = dg.DagsterInstance.ephemeral()
+    _add_rated(store, 30, "a")
+    result, _ = _evaluate(sensor, store, instance)
+    assert isinstance(result, dg.SkipReason) and "30 new rated rows" in result.skip_message
+    _add_rated(store, 30, "b")
+    result, _ = _evaluate(sensor, store, instance)
+    assert len(result.run_requests) == 1 and result.run_requests[0].run_key.startswith("retrain-until-")
+    # Re-evaluated with the cursor it returned: the same rows never trigger a second run.
+    again, _ = _evaluate(sensor, store, instance, cursor=result.cursor)
+    assert isinstance(again, dg.SkipReason)
+
+
+def test_sensor_counts_from_the_last_dataset_watermark(store):
+    sensor = build_retraining_sensor(min_new_rated=50)
+    instance = dg.DagsterInstance.ephemeral()
+    _add_rated(store, 60, "a")
+    _, newest = store.rated_since(None)
+    instance.report_runless_asset_event(dg.AssetMaterialization(
+        asset_key="sft_dataset", metadata={"data_watermark": newest.isoformat()}))
+    result, _ = _evaluate(sensor, store, instance)
+    assert isinstance(result, dg.SkipReason)  # those 60 rows are already in the last dataset
+    _add_rated(store, 55, "b")
+    result, _ = _evaluate(sensor, store, instance)
+    assert len(result.run_requests) == 1 and result.run_requests[0].tags["new_rated_rows"] == "55"
+
+
+def test_weekly_schedule_requests_retraining_on_sunday():
+    context = dg.build_schedule_context(scheduled_execution_time=datetime(2026, 11, 22, 2, 0, tzinfo=timezone.utc))
+    result = weekly_retraining_schedule.evaluate_tick(context)
+    assert len(result.run_requests) == 1
+    assert weekly_retraining_schedule.job_name == "retraining_job"
+    assert weekly_retraining_schedule.cron_schedule == "0 2 * * 0"
+
+
+def test_every_definition_loads():
+    """Catches a Definitions built from None, a broken import, or an asset graph with a missing input."""
+    for candidate in (defs, build_definitions(load_settings({"FEEDBACK_DATA_DIR": "/tmp/elsewhere"}))):
+        repo = candidate.get_repository_def()
+        keys = {k.to_user_string() for k in repo.asset_graph.get_all_asset_keys()}
+        assert {"raw_feedback", "cleaned_feedback", "feedback_quality_report", "error_patterns", "sft_dataset",
+                "kto_dataset", "base_chat_model", "chat_adapter", "chat_model_evaluation", "chat_model_version"} <= keys
+        assert candidate.resolve_job_def("retraining_job") is not None
+        assert {s.name for s in repo.sensor_defs} == {"new_feedback_sensor"}
+        assert {s.name for s in repo.schedule_defs} == {"weekly_retraining_schedule"}
+        assert "check_candidate_not_worse" in {key.name for key in repo.asset_graph.asset_check_keys}
