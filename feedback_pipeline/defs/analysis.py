@@ -35,7 +35,7 @@ def feedback_quality_report(context: dg.AssetExecutionContext, config: QualityRe
 
 class ErrorPatternsConfig(dg.Config):
     min_cluster_size: int = Field(5, description="Smallest group of similar disliked answers reported as a cluster.")
-    distance_threshold: float = Field(0.75, description="Cosine distance below which answers join one cluster.")
+    distance_threshold: float = Field(0.8, description="Cosine distance below which answers join one cluster.")
 
 
 @dg.asset(group_name="analysis", kinds={"pandas", "sklearn"},

@@ -1,0 +1,247 @@
+"""Where the model fails: dislikes per subject/intent, and topic clusters of disliked answers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from sklearn.cluster import AgglomerativeClustering
+from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS, CountVectorizer
+
+from feedback_pipeline.analysis.quality import fmt_ci, fmt_pct, md_cell, md_table, segment_values
+from feedback_pipeline.analysis.stats import wilson_interval
+
+# Words of two or more characters that start with a letter: drops numbers and stray symbols.
+_TOKEN_PATTERN = r"(?u)\b[^\W\d_]\w+\b"
+# Contraction stubs ("don't" -> "don") and chat filler name no topic.
+_STOP_WORDS = sorted(
+    ENGLISH_STOP_WORDS
+    | {"don", "doesn", "didn", "isn", "aren", "wasn", "ve", "ll", "re", "im", "ok", "okay", "sure", "yes"}
+    | {"hi", "hello", "thanks", "thank", "please", "like", "just", "make", "want", "know", "need", "think"}
+)
+
+
+@dataclass
+class ErrorCluster:
+    id: int
+    name: str
+    terms: list[str]
+    size: int  # disliked rows in the cluster
+    liked_nearby: int  # liked rows whose nearest disliked cluster is this one, close enough to count
+    dislike_rate: float
+    ci_low: float
+    ci_high: float
+    example_queries: list[str]
+    example_responses: list[str]
+    sample_comments: list[str]
+    ids: list = field(default_factory=list)  # feedback ids of the disliked members, for drill-down
+
+
+@dataclass
+class ErrorPatterns:
+    by_segment: dict[str, pd.DataFrame]
+    clusters: list[ErrorCluster]
+    n_disliked: int
+    n_unclustered: int
+
+
+def _normalise(vectors: np.ndarray) -> np.ndarray:
+    vectors = np.asarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors / np.where(norms == 0, 1.0, norms)
+
+
+def cluster_texts(embeddings: np.ndarray, min_cluster_size: int = 5, distance_threshold: float = 0.8) -> np.ndarray:
+    """Average-linkage agglomerative clustering on cosine distance; clusters below ``min_cluster_size`` -> -1.
+
+    Agglomerative with a distance threshold rather than k-means: the number of failure topics is
+    unknown, and most disliked answers belong to no topic at all. Labels are renumbered 0, 1, ...
+    by decreasing size. Memory grows with n², fine for the few thousand disliked rows of a report.
+    The default 0.8 fits all-MiniLM-L6-v2: same-topic texts average 0.55-0.72 apart, unrelated
+    ones about 1.0; 0.85 and up starts merging unrelated topics on real feedback (oasst1).
+    """
+    n = len(embeddings)
+    if n < max(2, min_cluster_size):
+        return np.full(n, -1, dtype=int)
+    raw = AgglomerativeClustering(
+        n_clusters=None, metric="cosine", linkage="average", distance_threshold=distance_threshold
+    ).fit_predict(_normalise(embeddings))
+    ids, sizes = np.unique(raw, return_counts=True)
+    keep = [i for i, s in sorted(zip(ids, sizes), key=lambda p: (-p[1], p[0])) if s >= min_cluster_size]
+    mapping = {old: new for new, old in enumerate(keep)}
+    return np.array([mapping.get(r, -1) for r in raw], dtype=int)
+
+
+def cluster_terms(texts: Sequence[str], labels: Sequence[int], top_k: int = 5) -> dict[int, list[str]]:
+    """Top ``top_k`` terms per cluster by class-based TF-IDF (as in BERTopic).
+
+    Each cluster's texts are one document; weight = tf(term, class) * log(1 + A / tf(term, all)),
+    A the average number of words per class. Noise (-1) takes part as a class, so words common
+    everywhere are damped, but gets no entry in the result.
+    """
+    labels = np.asarray(labels)
+    classes = sorted(set(labels.tolist()))
+    docs = [" ".join(t for t, l in zip(texts, labels) if l == c) for c in classes]
+    try:
+        vectorizer = CountVectorizer(stop_words=_STOP_WORDS, token_pattern=_TOKEN_PATTERN)
+        tf = vectorizer.fit_transform(docs).toarray().astype(float)
+    except ValueError:  # empty vocabulary: nothing but stop words
+        return {c: [] for c in classes if c != -1}
+    avg_words = tf.sum() / len(classes)
+    weights = tf * np.log1p(avg_words / np.maximum(tf.sum(axis=0), 1.0))
+    vocab = vectorizer.get_feature_names_out()
+    result = {}
+    for row, c in enumerate(classes):
+        if c == -1:
+            continue
+        # Stable sort on the alphabetical vocabulary breaks ties deterministically.
+        order = np.argsort(-weights[row], kind="stable")
+        result[c] = [str(vocab[j]) for j in order[:top_k] if weights[row, j] > 0]
+    return result
+
+
+def _truncate(text: object, limit: int = 200) -> str:
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 1].rstrip() + "…"
+
+
+def _row_text(rows: pd.DataFrame) -> list[str]:
+    return (rows["query"].fillna("").astype(str) + "\n\n" + rows["response"].fillna("").astype(str)).tolist()
+
+
+def dislikes_by(df: pd.DataFrame, column: str, max_examples: int = 3) -> pd.DataFrame:
+    """Disliked rows per segment with the segment's dislike rate (disliked / rated) and example queries."""
+    rated = df[df["label"].isin(["liked", "disliked"])].assign(segment=lambda d: segment_values(d[column]))
+    rows = []
+    for segment, group in rated.groupby("segment", sort=False):
+        bad = group[group["label"] == "disliked"]
+        if bad.empty:
+            continue
+        low, high = wilson_interval(len(bad), len(group))
+        examples = [_truncate(q, 80) for q in bad["query"].head(max_examples)]  # short: a table cell
+        rows.append([segment, len(bad), len(group), len(bad) / len(group), low, high, examples])
+    columns = ["segment", "disliked", "rated", "dislike_rate", "ci_low", "ci_high", "examples"]
+    out = pd.DataFrame(rows, columns=columns)
+    return out.sort_values(["disliked", "dislike_rate"], ascending=False, ignore_index=True)
+
+
+def _liked_counts(centroids: np.ndarray, radii: np.ndarray, liked: np.ndarray) -> np.ndarray:
+    """Liked rows per cluster: nearest centroid, and only if at least as close as that cluster's radius."""
+    counts = np.zeros(len(centroids), dtype=int)
+    if len(liked) == 0 or len(centroids) == 0:
+        return counts
+    sims = liked @ centroids.T
+    nearest = sims.argmax(axis=1)
+    inside = sims[np.arange(len(liked)), nearest] >= radii[nearest]
+    np.add.at(counts, nearest[inside], 1)
+    return counts
+
+
+def _make_cluster(
+    cid: int, members: pd.DataFrame, sims: np.ndarray, liked_nearby: int, terms: list[str], max_examples: int
+) -> ErrorCluster:
+    central = members.iloc[np.argsort(-sims, kind="stable")]  # most typical first
+    comments = [_truncate(c) for c in central["comment"] if isinstance(c, str) and c.strip()]
+    size = len(members)
+    low, high = wilson_interval(size, size + liked_nearby)
+    return ErrorCluster(
+        id=int(cid),
+        name=", ".join(terms[:4]) or f"cluster {cid}",
+        terms=terms,
+        size=size,
+        liked_nearby=int(liked_nearby),
+        dislike_rate=size / (size + liked_nearby),
+        ci_low=low,
+        ci_high=high,
+        example_queries=[_truncate(q) for q in central["query"].head(max_examples)],
+        example_responses=[_truncate(r) for r in central["response"].head(max_examples)],
+        sample_comments=comments[:max_examples],
+        ids=central["id"].tolist() if "id" in central else [],
+    )
+
+
+def error_patterns(
+    df: pd.DataFrame,
+    embeddings_for: Callable[[list[str]], np.ndarray],
+    min_cluster_size: int = 5,
+    max_examples: int = 3,
+    distance_threshold: float = 0.8,
+    assign_threshold: float | None = 0.5,
+) -> ErrorPatterns:
+    """Dislikes by subject and intent, plus topic clusters of disliked query+response texts.
+
+    ``embeddings_for`` maps texts to vectors (a real model in tests, a cached encoder in the pipeline).
+    A cluster's dislike rate counts the liked rows on the same topic: a liked row joins its nearest
+    cluster when its cosine similarity to the centroid reaches the cluster's radius (its least similar
+    disliked member) or ``assign_threshold``, whichever is lower. The fixed floor matters for tight
+    clusters, such as one canned refusal to many questions, whose radius would shut out good answers
+    to the same questions (their response text differs). ``None`` uses the radius alone.
+    """
+    by_segment = {col: dislikes_by(df, col, max_examples) for col in ("subject", "intent")}
+    bad = df[df["label"] == "disliked"].reset_index(drop=True)
+    good = df[df["label"] == "liked"]
+    if bad.empty:
+        return ErrorPatterns(by_segment, [], 0, 0)
+    texts = _row_text(bad)
+    vectors = _normalise(embeddings_for(texts))
+    labels = cluster_texts(vectors, min_cluster_size, distance_threshold)
+    cids = [c for c in sorted(set(labels.tolist())) if c != -1]
+    if not cids:
+        return ErrorPatterns(by_segment, [], len(bad), len(bad))
+    terms = cluster_terms(texts, labels)
+    centroids = _normalise(np.stack([vectors[labels == c].mean(axis=0) for c in cids]))
+    member_sims = [vectors[labels == c] @ centroids[i] for i, c in enumerate(cids)]
+    radii = np.array([s.min() for s in member_sims])
+    if assign_threshold is not None:
+        radii = np.minimum(radii, assign_threshold)
+    liked_vectors = _normalise(embeddings_for(_row_text(good))) if len(good) else np.zeros((0, vectors.shape[1]))
+    liked = _liked_counts(centroids, radii, liked_vectors)
+    clusters = [
+        _make_cluster(c, bad[labels == c], member_sims[i], liked[i], terms.get(c, []), max_examples)
+        for i, c in enumerate(cids)
+    ]
+    clusters.sort(key=lambda cl: (-cl.size, cl.id))
+    return ErrorPatterns(by_segment, clusters, len(bad), int((labels == -1).sum()))
+
+
+def _segment_markdown(column: str, table: pd.DataFrame) -> str:
+    if table.empty:
+        return f"## Dislikes by {column}\n\nNo disliked answers."
+    rows = [
+        [r["segment"], r["disliked"], r["rated"], fmt_pct(r["dislike_rate"]), fmt_ci(r["ci_low"], r["ci_high"])]
+        + [" / ".join(r["examples"])]
+        for r in table.to_dict("records")
+    ]
+    header = [column, "disliked", "rated", "dislike rate", "95% CI", "example queries"]
+    return f"## Dislikes by {column}\n\n" + md_table(header, rows)
+
+
+def _cluster_markdown(c: ErrorCluster) -> str:
+    lines = [
+        f"### Cluster {c.id}: {md_cell(c.name)}",
+        "",
+        f"{c.size} disliked answers; {c.liked_nearby} liked answers on the same topic; dislike rate "
+        f"{fmt_pct(c.dislike_rate)} (95% CI {fmt_ci(c.ci_low, c.ci_high)}). Top terms: {', '.join(c.terms)}.",
+        "",
+    ]
+    for query, response in zip(c.example_queries, c.example_responses):
+        lines += [f"- **Q:** {md_cell(query)}", f"  - **A:** {md_cell(response)}"]
+    if c.sample_comments:
+        lines += ["", "User comments:"] + [f"> {md_cell(comment)}" for comment in c.sample_comments]
+    return "\n".join(lines)
+
+
+def patterns_markdown(patterns: ErrorPatterns) -> str:
+    """Markdown for analysts: segment tables, then failure clusters largest first with examples."""
+    parts = ["# Error patterns", ""]
+    parts += [_segment_markdown(col, table) + "\n" for col, table in patterns.by_segment.items()]
+    clustered = patterns.n_disliked - patterns.n_unclustered
+    parts.append(
+        f"## Clusters of disliked answers\n\n{clustered} of {patterns.n_disliked} disliked answers fall into "
+        f"{len(patterns.clusters)} topic clusters; the rest are one-offs. A cluster's dislike rate compares "
+        "it with liked answers on the same topic.\n"
+    )
+    parts += [_cluster_markdown(c) + "\n" for c in patterns.clusters]
+    return "\n".join(parts)
