@@ -7,8 +7,10 @@ import dagster as dg
 
 from feedback_pipeline.defs.resources import FeedbackStoreResource
 
+# In-process: on a small machine a subprocess per step costs more (imports of torch, transformers ...)
+# than most steps themselves, and training steps must not compete for the same cores anyway.
 retraining_job = dg.define_asset_job(
-    "retraining_job", selection=dg.AssetSelection.all(),
+    "retraining_job", selection=dg.AssetSelection.all(), executor_def=dg.in_process_executor,
     description="Feedback -> cleaned -> reports -> datasets -> LoRA adapter -> evaluation -> registered challenger.")
 
 weekly_retraining_schedule = dg.ScheduleDefinition(
