@@ -29,6 +29,9 @@ class ChatTrainingConfig(dg.Config):
     lora_alpha: int = Field(16, description="LoRA scaling numerator.")
     max_length: int = Field(256, description="Tokens per example (prompt is cut from the left).")
     seed: int = Field(42, description="Random seed.")
+    eval_during_training: bool = Field(
+        False, description="Also report the weighted NLL of the SFT eval split (chat_model_evaluation scores "
+                           "held-out feedback either way; this costs a full pass over the eval split).")
 
 
 @dg.asset(group_name="training", kinds={"pytorch", "mlflow"},
@@ -39,7 +42,7 @@ def chat_adapter(context: dg.AssetExecutionContext, config: ChatTrainingConfig, 
     tag = f"{sft_dataset['fingerprint'][:12]}-{context.run_id[:8]}"
     cfg = ChatSFTConfig(
         base_model_path=base_chat_model["path"], train_file=sft_dataset["train_file"],
-        eval_file=sft_dataset["eval_file"], output_dir=str(workspace.path("models", "chat_adapters", tag)),
+        eval_file=sft_dataset["eval_file"] if config.eval_during_training else None, output_dir=str(workspace.path("models", "chat_adapters", tag)),
         max_steps=config.max_steps, per_device_train_batch_size=config.batch_size,
         learning_rate=config.learning_rate, lora_r=config.lora_r, lora_alpha=config.lora_alpha,
         max_length=config.max_length, seed=config.seed)
