@@ -17,6 +17,14 @@ SHARED_DATA = Path(os.environ.get("FEEDBACK_SHARED_DATA") or REPO_ROOT.parent / 
 OASST1 = SHARED_DATA / "oasst1-en-validation" / "en-validation.jsonl"
 
 
+@pytest.fixture(scope="session")
+def base_model_dir(tmp_path_factory) -> Path:
+    """The bundled SmolLM2-135M converted once per test session (about 30 s)."""
+    from feedback_pipeline.training.base_model import prepare_base_chat_model
+
+    return prepare_base_chat_model(tmp_path_factory.mktemp("base") / "smollm2-135m-instruct")
+
+
 @pytest.fixture
 def postgres_url():
     """A fresh schema in the local PostgreSQL per test; dropped afterwards. Fails (never skips) if unreachable."""

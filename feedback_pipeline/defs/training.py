@@ -39,7 +39,7 @@ class ChatTrainingConfig(dg.Config):
 def chat_adapter(context: dg.AssetExecutionContext, config: ChatTrainingConfig, sft_dataset: dict,
                  base_chat_model: dict, workspace: WorkspaceResource, mlflow_tracking: MlflowResource) -> dict:
     mlflow_tracking.activate()
-    tag = f"{sft_dataset['fingerprint'][:12]}-{context.run_id[:8]}"
+    tag = f"{sft_dataset['fingerprint'][:12]}-{context.run.run_id[:8]}"
     cfg = ChatSFTConfig(
         base_model_path=base_chat_model["path"], train_file=sft_dataset["train_file"],
         eval_file=sft_dataset["eval_file"] if config.eval_during_training else None, output_dir=str(workspace.path("models", "chat_adapters", tag)),
@@ -47,7 +47,7 @@ def chat_adapter(context: dg.AssetExecutionContext, config: ChatTrainingConfig, 
         learning_rate=config.learning_rate, lora_r=config.lora_r, lora_alpha=config.lora_alpha,
         max_length=config.max_length, seed=config.seed)
     with mlflow.start_run(run_name=f"chat-sft-{tag}") as run:
-        mlflow.set_tags({"stage": "chat_sft", "dagster_run_id": context.run_id})
+        mlflow.set_tags({"stage": "chat_sft", "dagster_run_id": context.run.run_id})
         mlflow.log_params({**{k: v for k, v in asdict(cfg).items() if k != "lora_target_modules"},
                            "dataset_fingerprint": sft_dataset["fingerprint"],
                            "train_rows": sft_dataset["counts"]["train"], "eval_rows": sft_dataset["counts"]["eval"]})
