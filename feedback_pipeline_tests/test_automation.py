@@ -68,5 +68,5 @@ def test_every_definition_loads():
                 "kto_dataset", "base_chat_model", "chat_adapter", "chat_model_evaluation", "chat_model_version"} <= keys
         assert candidate.resolve_job_def("retraining_job") is not None
         assert {s.name for s in repo.sensor_defs} == {"new_feedback_sensor"}
-        assert {s.name for s in repo.schedule_defs} == {"weekly_retraining_schedule"}
+        assert {s.name for s in repo.schedule_defs} == {"weekly_retraining_schedule", "daily_cleaning_schedule"}
         assert "check_candidate_not_worse" in {key.name for key in repo.asset_graph.asset_check_keys}

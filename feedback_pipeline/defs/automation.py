@@ -10,8 +10,17 @@ from feedback_pipeline.defs.resources import FeedbackStoreResource
 # In-process: on a small machine a subprocess per step costs more (imports of torch, transformers ...)
 # than most steps themselves, and training steps must not compete for the same cores anyway.
 retraining_job = dg.define_asset_job(
-    "retraining_job", selection=dg.AssetSelection.all(), executor_def=dg.in_process_executor,
+    "retraining_job", selection=dg.AssetSelection.all() - dg.AssetSelection.assets("daily_cleaned_feedback"),
+    executor_def=dg.in_process_executor,
     description="Feedback -> cleaned -> reports -> datasets -> LoRA adapter -> evaluation -> registered challenger.")
+
+daily_cleaning_job = dg.define_asset_job(
+    "daily_cleaning_job", selection=dg.AssetSelection.assets("daily_cleaned_feedback"),
+    description="Clean one UTC day of feedback into the cleaned_feedback table (idempotent).")
+
+# Each day at 00:30 UTC, clean the day that just ended.
+daily_cleaning_schedule = dg.build_schedule_from_partitioned_job(daily_cleaning_job, minute_of_hour=30,
+                                                                  name="daily_cleaning_schedule")
 
 weekly_retraining_schedule = dg.ScheduleDefinition(
     name="weekly_retraining_schedule", job=retraining_job, cron_schedule="0 2 * * 0",

@@ -1,30 +1,61 @@
-"""cleaned_feedback: validated, deduplicated, PII-redacted feedback."""
+"""cleaned_feedback (all time) and daily_cleaned_feedback (one UTC day): validated, deduplicated, redacted.
 
+Both rewrite their window of the cleaned_feedback table with delete-then-insert, so re-running a day or
+backfilling a range from the UI never duplicates rows.
+"""
+
+from datetime import date, datetime, time, timezone
 
 import dagster as dg
 import pandas as pd
 
-from feedback_pipeline.cleaning.clean import clean_feedback
-from feedback_pipeline.defs.resources import WorkspaceResource
+from feedback_pipeline.cleaning.clean import CleaningResult, clean_feedback
+from feedback_pipeline.defs.resources import FeedbackStoreResource, WorkspaceResource
+from feedback_pipeline.store.cleaned import replace_window
+
+DAILY = dg.DailyPartitionsDefinition(start_date="2023-01-01", timezone="UTC")
 
 
-@dg.asset(group_name="cleaning", kinds={"pandas"},
-          description="Feedback that passed validation, with duplicates resolved and identifiers redacted.")
-def cleaned_feedback(context: dg.AssetExecutionContext, raw_feedback: pd.DataFrame,
-                     workspace: WorkspaceResource) -> pd.DataFrame:
-    result = clean_feedback(raw_feedback)
-    rejected_path = workspace.path("reports") / "rejected_feedback.csv"
-    result.rejected.to_csv(rejected_path, index=False)
+def _clean_and_store(raw: pd.DataFrame, feedback_store: FeedbackStoreResource, start: date | None,
+                     end: date | None) -> tuple[CleaningResult, int]:
+    result = clean_feedback(raw)
+    written = replace_window(feedback_store.store(), result.cleaned, start, end)
+    return result, written
+
+
+def _metadata(result: CleaningResult, written: int) -> dict:
     reasons = result.rejected["reject_reason"].value_counts().rename_axis("reason").rename("rows").reset_index()
-    stats = {k: v for k, v in result.stats.items() if isinstance(v, (int, float))}
-    context.add_output_metadata({
-        **stats,
+    return {
+        **{k: v for k, v in result.stats.items() if isinstance(v, (int, float))},
+        "rows_written": written,
         "labels": dg.MetadataValue.json(result.cleaned["label"].value_counts().to_dict()),
         "pii_redactions": dg.MetadataValue.json(result.stats.get("pii_redactions", {})),
         "rejected_reasons": dg.MetadataValue.md(reasons.to_markdown(index=False) if len(reasons) else "none"),
-        "rejected_rows_file": dg.MetadataValue.path(str(rejected_path)),
-    })
+    }
+
+
+@dg.asset(group_name="cleaning", kinds={"pandas", "sql"},
+          description="All feedback that passed validation, duplicates resolved, identifiers redacted.")
+def cleaned_feedback(context: dg.AssetExecutionContext, raw_feedback: pd.DataFrame,
+                     feedback_store: FeedbackStoreResource, workspace: WorkspaceResource) -> pd.DataFrame:
+    result, written = _clean_and_store(raw_feedback, feedback_store, None, None)
+    rejected_path = workspace.path("reports") / "rejected_feedback.csv"
+    result.rejected.to_csv(rejected_path, index=False)
+    context.add_output_metadata({**_metadata(result, written),
+                                 "rejected_rows_file": dg.MetadataValue.path(str(rejected_path))})
     return result.cleaned
+
+
+@dg.asset(group_name="cleaning", kinds={"pandas", "sql"}, partitions_def=DAILY,
+          backfill_policy=dg.BackfillPolicy.single_run(),
+          description="One UTC day (or a backfilled range of days) of feedback cleaned into the cleaned_feedback table.")
+def daily_cleaned_feedback(context: dg.AssetExecutionContext, feedback_store: FeedbackStoreResource) -> dg.MaterializeResult:
+    window = context.partition_time_window
+    start, end = window.start.date(), window.end.date()
+    raw = feedback_store.store().read_frame(datetime.combine(start, time(), timezone.utc),
+                                            datetime.combine(end, time(), timezone.utc))
+    result, written = _clean_and_store(raw, feedback_store, start, end)
+    return dg.MaterializeResult(metadata={**_metadata(result, written), "window": f"{start} .. {end}"})
 
 
 @dg.asset_check(asset=cleaned_feedback, description="Cleaning left rated rows to learn from.")
