@@ -6,7 +6,8 @@ import dagster as dg
 
 from feedback_pipeline.defs import analysis, cleaning, datasets, evaluation, ingestion, training
 from feedback_pipeline.defs.automation import (build_retraining_sensor, daily_cleaning_job, daily_cleaning_schedule,
-                                               retraining_job, weekly_retraining_schedule)
+                                               error_analysis_job, retraining_job, weekly_error_analysis_schedule,
+                                               weekly_retraining_schedule)
 from feedback_pipeline.defs.resources import FeedbackStoreResource, MlflowResource, WorkspaceResource
 from feedback_pipeline.settings import Settings, load_settings
 
@@ -29,8 +30,8 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     return dg.Definitions(
         assets=dg.load_assets_from_modules(_MODULES),
         asset_checks=dg.load_asset_checks_from_modules(_MODULES),
-        jobs=[retraining_job, daily_cleaning_job],
-        schedules=[weekly_retraining_schedule, daily_cleaning_schedule],
+        jobs=[retraining_job, daily_cleaning_job, error_analysis_job],
+        schedules=[weekly_retraining_schedule, daily_cleaning_schedule, weekly_error_analysis_schedule],
         sensors=[build_retraining_sensor(settings.retrain_min_new_feedback)],
         resources=build_resources(settings),
     )

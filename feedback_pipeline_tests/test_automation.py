@@ -5,7 +5,8 @@ from datetime import datetime, timezone
 import dagster as dg
 
 from feedback_pipeline.definitions import build_definitions, defs
-from feedback_pipeline.defs.automation import build_retraining_sensor, weekly_retraining_schedule
+from feedback_pipeline.defs.automation import (build_retraining_sensor, weekly_error_analysis_schedule,
+                                               weekly_retraining_schedule)
 from feedback_pipeline.defs.resources import FeedbackStoreResource
 from feedback_pipeline.ingestion.records import normalise_record
 from feedback_pipeline.settings import load_settings
@@ -59,6 +60,13 @@ def test_weekly_schedule_requests_retraining_on_sunday():
     assert weekly_retraining_schedule.cron_schedule == "0 2 * * 0"
 
 
+def test_weekly_error_analysis_runs_monday_0300_without_training():
+    assert weekly_error_analysis_schedule.cron_schedule == "0 3 * * 1"
+    selected = {k.to_user_string() for k in defs.resolve_job_def("error_analysis_job").asset_layer.selected_asset_keys}
+    assert {"raw_feedback", "cleaned_feedback", "feedback_quality_report", "error_patterns"} <= selected
+    assert "chat_adapter" not in selected
+
+
 def test_every_definition_loads():
     """Catches a Definitions built from None, a broken import, or an asset graph with a missing input."""
     for candidate in (defs, build_definitions(load_settings({"FEEDBACK_DATA_DIR": "/tmp/elsewhere"}))):
@@ -68,5 +76,6 @@ def test_every_definition_loads():
                 "kto_dataset", "base_chat_model", "chat_adapter", "chat_model_evaluation", "chat_model_version"} <= keys
         assert candidate.resolve_job_def("retraining_job") is not None
         assert {s.name for s in repo.sensor_defs} == {"new_feedback_sensor"}
-        assert {s.name for s in repo.schedule_defs} == {"weekly_retraining_schedule", "daily_cleaning_schedule"}
+        assert {s.name for s in repo.schedule_defs} == {"weekly_retraining_schedule", "daily_cleaning_schedule",
+                                                            "weekly_error_analysis_schedule"}
         assert "check_candidate_not_worse" in {key.name for key in repo.asset_graph.asset_check_keys}

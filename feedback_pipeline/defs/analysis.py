@@ -1,6 +1,8 @@
 """feedback_quality_report and error_patterns: what analysts read in the UI."""
 
 
+from pathlib import Path
+
 import dagster as dg
 import pandas as pd
 from pydantic import Field
@@ -8,6 +10,7 @@ from pydantic import Field
 from feedback_pipeline.analysis.embeddings import EmbeddingCache, encode_cached
 from feedback_pipeline.analysis.patterns import error_patterns as find_error_patterns, patterns_markdown
 from feedback_pipeline.analysis.quality import quality_report, report_markdown
+from feedback_pipeline.cleaning.pii import find_identifiers
 from feedback_pipeline.defs.resources import WorkspaceResource
 
 
@@ -29,7 +32,7 @@ def feedback_quality_report(context: dg.AssetExecutionContext, config: QualityRe
         "like_rate": float(overall["like_rate"]),
         "report": dg.MetadataValue.md(markdown), "report_file": dg.MetadataValue.path(str(path)),
     })
-    return {"overall": overall, "tables": {k: v.to_dict("records") for k, v in report.tables.items()},
+    return {"report_file": str(path), "overall": overall, "tables": {k: v.to_dict("records") for k, v in report.tables.items()},
             "weekly": report.weekly.to_dict("records")}
 
 
@@ -56,5 +59,22 @@ def error_patterns(context: dg.AssetExecutionContext, config: ErrorPatternsConfi
         "disliked": patterns.n_disliked, "clusters": len(patterns.clusters), "unclustered": patterns.n_unclustered,
         "report": dg.MetadataValue.md(markdown), "report_file": dg.MetadataValue.path(str(path)),
     })
-    return {"clusters": [{k: v for k, v in vars(c).items() if k != "ids"} for c in patterns.clusters],
+    return {"report_file": str(path), "clusters": [{k: v for k, v in vars(c).items() if k != "ids"} for c in patterns.clusters],
             "by_segment": {k: v.to_dict("records") for k, v in patterns.by_segment.items()}}
+
+
+def _report_identifiers(report: dict) -> dg.AssetCheckResult:
+    text = Path(report["report_file"]).read_text(encoding="utf-8")
+    hits = find_identifiers(text)
+    return dg.AssetCheckResult(passed=not hits, metadata={
+        "identifiers_found": len(hits), "kinds": dg.MetadataValue.json(sorted({h.kind for h in hits}))})
+
+
+@dg.asset_check(asset=feedback_quality_report, description="The report shows no detectable identifier.")
+def check_quality_report_no_identifiers(feedback_quality_report: dict) -> dg.AssetCheckResult:
+    return _report_identifiers(feedback_quality_report)
+
+
+@dg.asset_check(asset=error_patterns, description="The report's examples and comments hold no detectable identifier.")
+def check_error_patterns_no_identifiers(error_patterns: dict) -> dg.AssetCheckResult:
+    return _report_identifiers(error_patterns)

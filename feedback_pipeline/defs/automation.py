@@ -22,6 +22,16 @@ daily_cleaning_job = dg.define_asset_job(
 daily_cleaning_schedule = dg.build_schedule_from_partitioned_job(daily_cleaning_job, minute_of_hour=30,
                                                                   name="daily_cleaning_schedule")
 
+error_analysis_job = dg.define_asset_job(
+    "error_analysis_job", executor_def=dg.in_process_executor,
+    selection=dg.AssetSelection.assets("feedback_quality_report", "error_patterns").upstream(),
+    description="Refresh the analysts' reports from the newest feedback (no training).")
+
+weekly_error_analysis_schedule = dg.ScheduleDefinition(
+    name="weekly_error_analysis_schedule", job=error_analysis_job, cron_schedule="0 3 * * 1",
+    execution_timezone="UTC", default_status=dg.DefaultScheduleStatus.STOPPED,
+    description="Error analysis every Monday at 03:00 UTC.")
+
 weekly_retraining_schedule = dg.ScheduleDefinition(
     name="weekly_retraining_schedule", job=retraining_job, cron_schedule="0 2 * * 0",
     execution_timezone="UTC", default_status=dg.DefaultScheduleStatus.STOPPED,
