@@ -205,3 +205,17 @@ def test_error_patterns_without_dislikes(model):
     patterns = error_patterns(df, lambda texts: model.encode(texts, normalize_embeddings=True))
     assert patterns.clusters == [] and patterns.n_disliked == 0
     assert "No disliked answers." in patterns_markdown(patterns)
+
+
+def test_large_inputs_take_the_two_stage_path_and_keep_planted_groups():
+    """Above MAX_EXACT_ROWS, k-means micro-clusters + linkage must still find the planted topics."""
+    from sklearn.metrics import adjusted_rand_score
+
+    from feedback_pipeline.analysis.patterns import MAX_EXACT_ROWS
+
+    rng = np.random.default_rng(0)
+    centers = np.linalg.qr(rng.normal(size=(64, 12)))[0].T  # orthonormal topics: cosine distance 1 apart
+    truth = rng.integers(0, 12, MAX_EXACT_ROWS + 2000)
+    vectors = centers[truth] + rng.normal(scale=0.02, size=(len(truth), 64))
+    labels = cluster_texts(vectors, min_cluster_size=5)
+    assert adjusted_rand_score(truth, labels) > 0.95
