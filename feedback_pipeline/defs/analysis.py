@@ -39,6 +39,7 @@ def feedback_quality_report(context: dg.AssetExecutionContext, config: QualityRe
 class ErrorPatternsConfig(dg.Config):
     min_cluster_size: int = Field(5, description="Smallest group of similar disliked answers reported as a cluster.")
     distance_threshold: float = Field(0.8, description="Cosine distance below which answers join one cluster.")
+    max_seq_length: int = Field(128, description="Tokens embedded per query+response (topic needs no more).")
 
 
 @dg.asset(group_name="analysis", kinds={"pandas", "sklearn"},
@@ -48,6 +49,7 @@ def error_patterns(context: dg.AssetExecutionContext, config: ErrorPatternsConfi
     from sentence_transformers import SentenceTransformer
 
     model = SentenceTransformer(workspace.embedding_model_path(), device="cpu")
+    model.max_seq_length = config.max_seq_length
     with EmbeddingCache(workspace.path("cache") / "embeddings.sqlite") as cache:
         patterns = find_error_patterns(cleaned_feedback, lambda texts: encode_cached(model, texts, cache),
                                        min_cluster_size=config.min_cluster_size,
