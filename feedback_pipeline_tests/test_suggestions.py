@@ -1,0 +1,168 @@
+import json
+
+import pandas as pd
+import pytest
+
+from feedback_pipeline.analysis.error_types import SUMMARY_COLUMNS
+from feedback_pipeline.analysis.patterns import ErrorCluster, ErrorPatterns
+from feedback_pipeline.analysis.quality import like_rate_by
+from feedback_pipeline.analysis.stats import wilson_interval
+from feedback_pipeline.analysis.suggestions import (
+    FRAME_COLUMNS,
+    Suggestion,
+    cluster_trends,
+    suggest,
+    suggestions_frame,
+    suggestions_markdown,
+)
+
+MONDAY = pd.Timestamp("2024-04-01", tz="UTC")  # week 0; the frame runs to week 5, the trend window is weeks 2-5
+FIX = "How do I fix my printer?"
+
+
+def row(id, week, label, query=None, response="x" * 300, **extra):
+    return {"id": id, "created_at": MONDAY + pd.Timedelta(days=7 * week, hours=10), "query": query or f"question {id}",
+            "response": response, "history": [], "intent": "support", "subject": "general", "label": label,
+            "exclude_from_training": False} | extra
+
+
+def planted() -> pd.DataFrame:
+    rows = [row("p0", 0, "disliked", FIX), row("p1", 2, "disliked", FIX), row("p2", 3, "disliked", "Printer offline")]
+    rows += [row(f"p{i}", w, "disliked") for i, w in zip(range(3, 8), (4, 4, 5, 5, 5))]
+    rows += [row(f"fix-liked{i}", 5, "liked", "how do I FIX my   printer?") for i in range(3)]  # same prompt, normalised
+    rows += [row("offline-liked", 5, "liked", "Printer offline")]
+    rows += [row("spam-liked", 5, "liked", FIX, exclude_from_training=True)]  # excluded: no pair
+    rows += [row("other-turn", 5, "liked", FIX, history=[{"role": "user", "content": "hi"}])]  # another prompt
+    rows += [row(f"o{i}", 5, "disliked") for i in range(6)]  # poem cluster: all in the last week
+    rows += [row(f"t{i}", w, "disliked") for i, w in enumerate((2, 2, 3, 3, 4, 4, 5, 5))]  # tax: steady
+    rows += [row(f"w{i}", w, "disliked") for i, w in enumerate((2, 2, 2, 2, 3, 3, 3, 3))]  # weather: gone lately
+    rows += [row(f"c-liked{i}", 1, "liked", intent="coding", subject="programming", response="y" * 600) for i in range(12)]
+    rows += [row(f"c-bad{i}", 1, "disliked", intent="coding", subject="programming", response="y" * 200) for i in range(10)]
+    rows += [row(f"g{i}", 1, "liked" if i % 3 else "disliked", subject="gardening") for i in range(12)]
+    rows += [row(f"u{i}", 1, "liked", subject=None) for i in range(3)]
+    df = pd.DataFrame(rows)
+    # Same overall traffic in both halves of the trend window, so counts compare directly.
+    week = (df["created_at"] - MONDAY).dt.days // 7
+    gap = int((week.isin([2, 3])).sum() - (week.isin([4, 5])).sum())
+    fill = [row(f"f{i}", 4 if gap > 0 else 2, "liked") for i in range(abs(gap))]
+    return pd.concat([df, pd.DataFrame(fill)], ignore_index=True)
+
+
+def cluster(cid, name, ids, liked_nearby=0):
+    return ErrorCluster(id=cid, name=name, terms=name.split(", "), size=len(ids), liked_nearby=liked_nearby,
+                        dislike_rate=len(ids) / (len(ids) + liked_nearby), ci_low=0.1, ci_high=0.9,
+                        example_queries=["How do I fix my printer?"], example_responses=["Turn it off."],
+                        sample_comments=[], ids=ids)
+
+
+CLUSTERS = [
+    cluster(0, "printer, driver", [f"p{i}" for i in range(8)], liked_nearby=12),
+    cluster(1, "poem, rhyme", [f"o{i}" for i in range(6)]),
+    cluster(2, "tax, return", [f"t{i}" for i in range(8)], liked_nearby=4),
+    cluster(3, "weather, forecast", [f"w{i}" for i in range(8)], liked_nearby=2),
+]
+
+
+def error_summary():
+    def rates(kind, k1, n1, k2, n2, p_value, checked=True):
+        if not checked:
+            return {"type": kind, "checked": False, "examples": []}
+        (l1, h1), (l2, h2) = wilson_interval(k1, n1), wilson_interval(k2, n2)
+        return {"type": kind, "checked": True, "n_flagged": n1, "n_disliked_flagged": k1, "dislike_rate_flagged": k1 / n1,
+                "ci_low_flagged": l1, "ci_high_flagged": h1, "n_unflagged": n2, "dislike_rate_unflagged": k2 / n2,
+                "ci_low_unflagged": l2, "ci_high_unflagged": h2, "p_value": p_value, "examples": ["I'm sorry, but I can't."]}
+    return pd.DataFrame([
+        rates("refusal", 30, 40, 50, 200, 1e-8),  # 75% vs 25%: suggested
+        rates("repetition", 3, 10, 50, 200, 0.7),  # no real difference
+        rates("truncated", 3, 3, 50, 200, 0.01),  # too few flagged
+        rates("tool_failure", 20, 20, 50, 200, 1e-9),  # high by construction: never suggested
+        rates("slow", 0, 0, 0, 0, 0, checked=False),
+    ], columns=SUMMARY_COLUMNS)
+
+
+@pytest.fixture(scope="module")
+def suggestions():
+    df = planted()
+    tables = {"subject": like_rate_by(df, "subject", min_count=20), "intent": like_rate_by(df, "intent", min_count=20)}
+    return suggest(df, ErrorPatterns({}, CLUSTERS, 40, 10), error_summary(), tables, min_count=20)
+
+
+def by_kind(suggestions, kind):
+    return {s.target: s for s in suggestions if s.kind == kind}
+
+
+def test_sft_candidates_count_liked_neighbours_and_same_prompt_pairs(suggestions):
+    sft = by_kind(suggestions, "sft_candidates")
+    printer = sft["cluster 0: printer, driver"]
+    # p0, p1 x 3 liked answers to the same normalised prompt + p2 x 1; the excluded and other-history rows do not count
+    assert printer.metrics["preference_pairs"] == 7 and printer.metrics["prompts_with_pairs"] == 2
+    assert printer.metrics["liked_nearby"] == 12 and printer.metrics["disliked"] == 8
+    assert "add 12 liked answers to the next SFT set, 7 preference pairs available" in printer.title
+    assert printer.priority == 8.0
+    poem = sft["cluster 1: poem, rhyme"]
+    assert poem.metrics["preference_pairs"] == 0 and "write reference answers" in poem.title and poem.priority == 3.0
+
+
+def test_length_gap_only_where_lengths_differ(suggestions):
+    gaps = by_kind(suggestions, "length_gap")
+    assert set(gaps) == {"intent=coding"}
+    coding = gaps["intent=coding"]
+    assert coding.title == "Disliked answers for intent 'coding' are 3.0x shorter than liked ones"
+    assert coding.metrics["median_liked_chars"] == 600 and coding.metrics["median_disliked_chars"] == 200
+    assert coding.metrics["p_value"] < 0.001 and coding.priority == pytest.approx(10 * 2 / 3)
+
+
+def test_error_type_needs_a_real_excess_of_dislikes(suggestions):
+    errors = by_kind(suggestions, "error_type")
+    assert set(errors) == {"refusal"}
+    refusal = errors["refusal"]
+    assert refusal.title == "'refusal' answers are disliked 3.0x as often as the rest"
+    assert "30 of 40 flagged answers disliked: 75.0%" in refusal.evidence and "vs 25.0%" in refusal.evidence
+    assert refusal.priority == pytest.approx(20.0)  # 40 flagged x 50 points excess
+
+
+def test_too_little_data_names_small_segments(suggestions):
+    small = by_kind(suggestions, "too_little_data")
+    assert set(small) == {"subject=gardening"}  # "(unknown)" is nobody's to collect
+    assert small["subject=gardening"].title == "subject 'gardening' has too little feedback to judge (n=12)"
+    assert small["subject=gardening"].priority == pytest.approx(8 / 20)
+
+
+def test_cluster_trends_and_their_suggestions(suggestions):
+    df = planted()
+    assert cluster_trends(df, CLUSTERS) == {0: "growing", 1: "new", 2: "stable", 3: "shrinking"}
+    trends = by_kind(suggestions, "cluster_trend")
+    assert set(trends) == {"cluster 0: printer, driver", "cluster 1: poem, rhyme", "cluster 3: weather, forecast"}
+    growing = trends["cluster 0: printer, driver"]
+    assert growing.metrics["weekly_counts"] == [1, 1, 2, 3] and growing.metrics["expected"] == pytest.approx(2.0)
+    assert growing.title == "Cluster 'printer, driver' is growing" and growing.priority == pytest.approx(3.0)
+    assert trends["cluster 1: poem, rhyme"].metrics["weekly_counts"] == [0, 0, 0, 6]
+    assert cluster_trends(df, [cluster(9, "ghost", ["nope"])]) == {}
+    vanished = suggest(df, [cluster(8, "old", ["p0"])], error_summary().iloc[:0], {})  # p0 is from week 0 only
+    trend = by_kind(vanished, "cluster_trend")["cluster 8: old"]
+    assert trend.title == "Cluster 'old' is shrinking" and "last seen in the week of 2024-04-01" in trend.evidence
+
+
+def test_more_traffic_is_not_a_growing_cluster():
+    rows = [row(f"m{i}", w, "disliked") for i, w in enumerate((2, 2, 3, 3, 4, 4, 4, 4, 5, 5, 5, 5))]
+    members = cluster(0, "m", [r["id"] for r in rows])
+    steady = pd.DataFrame(rows + [row(f"f{i}", 2 + i % 2, "liked") for i in range(4)])  # 8 rows in each half
+    doubled = pd.DataFrame(rows)  # 4 rows earlier, 8 later: traffic doubled along with the cluster
+    assert cluster_trends(steady, [members]) == {0: "growing"}
+    assert cluster_trends(doubled, [members]) == {0: "stable"}
+
+
+def test_sorted_by_priority_and_frame_and_markdown(suggestions):
+    assert [s.priority for s in suggestions] == sorted((s.priority for s in suggestions), reverse=True)
+    assert {s.kind for s in suggestions} == {"sft_candidates", "length_gap", "error_type", "too_little_data", "cluster_trend"}
+    frame = suggestions_frame(suggestions)
+    assert list(frame.columns) == FRAME_COLUMNS and len(frame) == len(suggestions)
+    metrics = [json.loads(m) for m in frame["metrics"]]
+    assert metrics[0] == json.loads(json.dumps(suggestions[0].metrics, default=str))
+    md = suggestions_markdown(suggestions)
+    assert md.startswith("## Suggestions") and "1. **'refusal' answers are disliked 3.0x as often as the rest**" in md
+    assert "No suggestion" not in md and "Nothing stands out" in suggestions_markdown([])
+    assert suggestions_frame([]).columns.tolist() == FRAME_COLUMNS
+    with pytest.raises(AttributeError):
+        suggestions[0].priority = 0  # frozen
+    assert isinstance(suggestions[0], Suggestion)
