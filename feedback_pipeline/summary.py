@@ -9,9 +9,10 @@ from feedback_pipeline.settings import Settings
 # (asset, metadata keys shown) in lineage order
 _SHOWN = [
     ("raw_feedback", ["rows", "rated_rows", "liked", "disliked"]),
-    ("cleaned_feedback", ["rows_out", "rows_rejected", "duplicates_removed"]),
-    ("feedback_quality_report", ["rated", "like_rate"]),
+    ("cleaned_feedback", ["rows_out", "rows_rejected", "duplicates_removed", "spam_flagged"]),
+    ("feedback_quality_report", ["rated", "like_rate", "drop_alarms"]),
     ("error_patterns", ["disliked", "clusters"]),
+    ("improvement_suggestions", ["suggestions"]),
     ("sft_dataset", ["train_rows", "eval_rows", "fingerprint"]),
     ("kto_dataset", ["train_rows", "eval_rows"]),
     ("chat_adapter", ["steps", "final_train_loss", "eval_loss", "train_runtime_s", "mlflow_run_id"]),

@@ -24,7 +24,8 @@ daily_cleaning_schedule = dg.build_schedule_from_partitioned_job(daily_cleaning_
 
 error_analysis_job = dg.define_asset_job(
     "error_analysis_job", executor_def=dg.in_process_executor,
-    selection=dg.AssetSelection.assets("feedback_quality_report", "error_patterns").upstream(),
+    selection=dg.AssetSelection.assets("feedback_quality_report", "error_patterns",
+                                         "improvement_suggestions").upstream(),
     description="Refresh the analysts' reports from the newest feedback (no training).")
 
 weekly_error_analysis_schedule = dg.ScheduleDefinition(

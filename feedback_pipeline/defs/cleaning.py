@@ -10,6 +10,7 @@ import dagster as dg
 import pandas as pd
 
 from feedback_pipeline.cleaning.clean import CleaningResult, clean_feedback
+from feedback_pipeline.cleaning.signals import apply_signals
 from feedback_pipeline.defs.resources import FeedbackStoreResource, WorkspaceResource
 from feedback_pipeline.store.cleaned import replace_window
 
@@ -19,6 +20,9 @@ DAILY = dg.DailyPartitionsDefinition(start_date="2023-01-01", timezone="UTC")
 def _clean_and_store(raw: pd.DataFrame, feedback_store: FeedbackStoreResource, start: date | None,
                      end: date | None) -> tuple[CleaningResult, int]:
     result = clean_feedback(raw)
+    # Bot/spam rows stay visible in reports but are flagged and kept out of training sets.
+    result.cleaned = apply_signals(result.cleaned)
+    result.stats["spam_flagged"] = int(result.cleaned["exclude_from_training"].sum())
     written = replace_window(feedback_store.store(), result.cleaned, start, end)
     return result, written
 
