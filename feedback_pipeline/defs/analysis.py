@@ -13,7 +13,7 @@ from feedback_pipeline.analysis.patterns import error_patterns as find_error_pat
 from feedback_pipeline.analysis.plots import like_rate_over_time, png_markdown, segment_bars
 from feedback_pipeline.analysis.quality import DEFAULT_SEGMENTS, quality_report, report_markdown
 from feedback_pipeline.analysis.suggestions import cluster_trends, suggest, suggestions_frame, suggestions_markdown
-from feedback_pipeline.cleaning.pii import find_identifiers
+from feedback_pipeline.defs.checks import no_identifiers
 from feedback_pipeline.defs.resources import FeedbackStoreResource, WorkspaceResource
 from feedback_pipeline.store.suggestions import save_suggestions
 
@@ -118,9 +118,7 @@ def check_like_rate_drops(feedback_quality_report: dict) -> dg.AssetCheckResult:
 
 
 def _report_identifiers(report: dict) -> dg.AssetCheckResult:
-    hits = find_identifiers(Path(report["report_file"]).read_text(encoding="utf-8"))
-    return dg.AssetCheckResult(passed=not hits, metadata={
-        "identifiers_found": len(hits), "kinds": dg.MetadataValue.json(sorted({h.kind for h in hits}))})
+    return no_identifiers([Path(report["report_file"]).read_text(encoding="utf-8")])
 
 
 @dg.asset_check(asset=feedback_quality_report, description="The report shows no detectable identifier.")

@@ -5,9 +5,9 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from feedback_pipeline.cleaning.pii import find_identifiers
 from feedback_pipeline.datasets.build import BuiltDataset, SFTPolicy, build_kto_dataset, build_sft_dataset, read_jsonl
 from feedback_pipeline.datasets.splits import leaked_prompts
+from feedback_pipeline.defs.checks import no_identifiers
 from feedback_pipeline.defs.resources import WorkspaceResource
 
 
@@ -63,10 +63,7 @@ def _leakage(built: dict) -> dg.AssetCheckResult:
 
 
 def _identifiers(built: dict) -> dg.AssetCheckResult:
-    records = read_jsonl(built["train_file"]) + read_jsonl(built["eval_file"])
-    hits = [i for text in _texts(records) for i in find_identifiers(text)]
-    return dg.AssetCheckResult(passed=not hits, metadata={
-        "identifiers_found": len(hits), "kinds": dg.MetadataValue.json(sorted({i.kind for i in hits}))})
+    return no_identifiers(_texts(read_jsonl(built["train_file"]) + read_jsonl(built["eval_file"])))
 
 
 @dg.asset_check(asset=sft_dataset, description="No prompt appears in both the train and the eval split.")
