@@ -10,9 +10,21 @@ from feedback_pipeline.defs.resources import FeedbackStoreResource
 # In-process: on a small machine a subprocess per step costs more (imports of torch, transformers ...)
 # than most steps themselves, and training steps must not compete for the same cores anyway.
 retraining_job = dg.define_asset_job(
-    "retraining_job", selection=dg.AssetSelection.all() - dg.AssetSelection.assets("daily_cleaned_feedback"),
+    "retraining_job",
+    selection=dg.AssetSelection.all() - dg.AssetSelection.assets("daily_cleaned_feedback")
+    - dg.AssetSelection.groups("preference", "embedding"),
     executor_def=dg.in_process_executor,
     description="Feedback -> cleaned -> reports -> datasets -> LoRA adapter -> evaluation -> registered challenger.")
+
+preference_training_job = dg.define_asset_job(
+    "preference_training_job", executor_def=dg.in_process_executor,
+    selection=dg.AssetSelection.groups("preference").upstream() - dg.AssetSelection.assets("daily_cleaned_feedback"),
+    description="KTO or DPO LoRA adapter from the newest feedback, registered as a challenger.")
+
+embedding_training_job = dg.define_asset_job(
+    "embedding_training_job", executor_def=dg.in_process_executor,
+    selection=dg.AssetSelection.groups("embedding").upstream() - dg.AssetSelection.assets("daily_cleaned_feedback"),
+    description="Fine-tune the retrieval embedder on liked answers' documents, registered as a challenger.")
 
 daily_cleaning_job = dg.define_asset_job(
     "daily_cleaning_job", selection=dg.AssetSelection.assets("daily_cleaned_feedback"),

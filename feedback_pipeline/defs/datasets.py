@@ -19,7 +19,7 @@ class SFTDatasetConfig(dg.Config):
     min_train_examples: int = Field(20, description="Stop with an error below this many training examples.")
 
 
-def _describe(context: dg.AssetExecutionContext, built: BuiltDataset) -> dict:
+def describe_dataset(context: dg.AssetExecutionContext, built: BuiltDataset) -> dict:
     context.add_output_metadata({
         "fingerprint": built.fingerprint,
         "train_rows": built.counts.get("train", 0),
@@ -38,14 +38,14 @@ def _describe(context: dg.AssetExecutionContext, built: BuiltDataset) -> dict:
 def sft_dataset(context: dg.AssetExecutionContext, config: SFTDatasetConfig, cleaned_feedback: pd.DataFrame,
                 workspace: WorkspaceResource) -> dict:
     policy = SFTPolicy(**config.model_dump())
-    return _describe(context, build_sft_dataset(cleaned_feedback, workspace.path("datasets"), policy))
+    return describe_dataset(context, build_sft_dataset(cleaned_feedback, workspace.path("datasets"), policy))
 
 
 @dg.asset(group_name="datasets", kinds={"json"},
           description="prompt / completion / label records of every rated response (train/eval).")
 def kto_dataset(context: dg.AssetExecutionContext, cleaned_feedback: pd.DataFrame,
                 workspace: WorkspaceResource) -> dict:
-    return _describe(context, build_kto_dataset(cleaned_feedback, workspace.path("datasets")))
+    return describe_dataset(context, build_kto_dataset(cleaned_feedback, workspace.path("datasets")))
 
 
 def _prompts(records: list[dict]) -> list[str]:
@@ -54,33 +54,34 @@ def _prompts(records: list[dict]) -> list[str]:
 
 
 def _texts(records: list[dict]) -> list[str]:
-    return [m["content"] for r in records for m in (r.get("messages") or [*r["prompt"], *r["completion"]])]
+    return [m["content"] for r in records for m in (r.get("messages") or [
+        *r["prompt"], *r.get("completion", []), *r.get("chosen", []), *r.get("rejected", [])])]
 
 
-def _leakage(built: dict) -> dg.AssetCheckResult:
+def leakage_check(built: dict) -> dg.AssetCheckResult:
     leaked = leaked_prompts(_prompts(read_jsonl(built["train_file"])), _prompts(read_jsonl(built["eval_file"])))
     return dg.AssetCheckResult(passed=not leaked, metadata={"leaked_prompts": len(leaked)})
 
 
-def _identifiers(built: dict) -> dg.AssetCheckResult:
+def identifiers_check(built: dict) -> dg.AssetCheckResult:
     return no_identifiers(_texts(read_jsonl(built["train_file"]) + read_jsonl(built["eval_file"])))
 
 
 @dg.asset_check(asset=sft_dataset, description="No prompt appears in both the train and the eval split.")
 def check_sft_no_split_leakage(sft_dataset: dict) -> dg.AssetCheckResult:
-    return _leakage(sft_dataset)
+    return leakage_check(sft_dataset)
 
 
 @dg.asset_check(asset=kto_dataset, description="No prompt appears in both the train and the eval split.")
 def check_kto_no_split_leakage(kto_dataset: dict) -> dg.AssetCheckResult:
-    return _leakage(kto_dataset)
+    return leakage_check(kto_dataset)
 
 
 @dg.asset_check(asset=sft_dataset, description="No detectable identifier (email, phone, card ...) in any text.")
 def check_sft_no_identifiers(sft_dataset: dict) -> dg.AssetCheckResult:
-    return _identifiers(sft_dataset)
+    return identifiers_check(sft_dataset)
 
 
 @dg.asset_check(asset=kto_dataset, description="No detectable identifier (email, phone, card ...) in any text.")
 def check_kto_no_identifiers(kto_dataset: dict) -> dg.AssetCheckResult:
-    return _identifiers(kto_dataset)
+    return identifiers_check(kto_dataset)
