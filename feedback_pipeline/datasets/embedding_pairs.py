@@ -1,0 +1,284 @@
+"""(query, positive, negative) pairs for fine-tuning the retrieval embedder, from feedback or a BEIR dataset.
+
+From feedback: the documents retrieved for a *liked* answer are positives for its query (the answer itself when the
+turn had no retrieved context); the documents behind a *disliked* answer to the same query are its negatives,
+unless they were also behind a liked one (then the dislike was about the generation, not the retrieval). A dislike
+is noisy evidence against a document, so negatives are optional; ``mine_hard_negatives`` fills the gaps.
+
+The split comes from ``assign_split`` (whole conversations / identical queries on one side), so no query is in
+both the training pairs and the evaluation pairs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from feedback_pipeline.datasets.build import InsufficientDataError, trainable_rows
+from feedback_pipeline.datasets.splits import _query_key
+
+logger = logging.getLogger(__name__)
+
+PAIR_COLUMNS = ["query", "positive", "negative", "feedback_id", "split", "positive_id", "negative_id",
+                "negative_feedback_id"]
+
+
+def _documents(context: Any) -> list[tuple[str | None, str]]:
+    """(id, text) of each retrieved document; accepts a list of dicts or strings, a JSON string, or nothing."""
+    if context is None or (isinstance(context, float) and np.isnan(context)):
+        return []
+    if isinstance(context, str):
+        try:
+            context = json.loads(context)
+        except json.JSONDecodeError:
+            return [(None, context)] if context.strip() else []
+    docs = []
+    for item in list(context):
+        if isinstance(item, dict):
+            text = item.get("text") or item.get("content") or ""
+            doc_id = item.get("id")
+            doc_id = None if doc_id is None else str(doc_id)
+        else:
+            text, doc_id = str(item), None
+        if str(text).strip():
+            docs.append((doc_id, str(text)))
+    return docs
+
+
+def _texts_or_response(row) -> list[tuple[str | None, str]]:
+    return _documents(getattr(row, "retrieved_context", None)) or [(None, str(row.response))]
+
+
+def pairs_from_feedback(df: pd.DataFrame, eval_fraction: float = 0.15) -> pd.DataFrame:
+    """One row per (query, positive document) of a liked answer, with at most one negative from a disliked answer
+    to the same (normalised) query; ``split`` is 'train' or 'eval', leakage-free by conversation and query."""
+    rows = trainable_rows(df, eval_fraction) if len(df) else df.assign(split=pd.Series(dtype=str))
+    if rows.empty:
+        return pd.DataFrame(columns=PAIR_COLUMNS)
+    positives: dict[str, list[tuple]] = defaultdict(list)  # query key -> (row, doc id, text)
+    negatives: dict[str, list[tuple]] = defaultdict(list)
+    for row in rows.itertuples(index=False):
+        target = positives if row.label == "liked" else negatives
+        for doc_id, text in _texts_or_response(row):
+            target[_query_key(row.query)].append((row, doc_id, text))
+
+    records = []
+    for key, liked in positives.items():
+        positive_texts = {text for _, _, text in liked}
+        seen, usable = set(), []
+        for bad_row, doc_id, text in negatives.get(key, []):
+            if text not in positive_texts and text not in seen:
+                seen.add(text)
+                usable.append((bad_row, doc_id, text))
+        emitted = set()
+        for i, (row, doc_id, text) in enumerate(liked):
+            if (row.query, text) in emitted:
+                continue
+            emitted.add((row.query, text))
+            neg = usable[i % len(usable)] if usable else None  # cycle: each negative is used, none repeated early
+            records.append({
+                "query": row.query, "positive": text, "negative": neg[2] if neg else None,
+                "feedback_id": row.id, "split": row.split, "positive_id": doc_id,
+                "negative_id": neg[1] if neg else None, "negative_feedback_id": neg[0].id if neg else None})
+    return pd.DataFrame.from_records(records, columns=PAIR_COLUMNS)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# BEIR (corpus.jsonl, queries-<split>.jsonl, qrels-<split>.tsv)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def load_beir(folder: str | Path, split: str = "train") -> tuple[dict[str, str], dict[str, str], dict[str, dict]]:
+    """(corpus id -> "title text", query id -> text, query id -> {doc id: relevance})."""
+    folder = Path(folder)
+    corpus, queries, qrels = {}, {}, defaultdict(dict)
+    with open(folder / "corpus.jsonl", encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                doc = json.loads(line)
+                corpus[str(doc["_id"])] = f"{doc.get('title') or ''} {doc.get('text') or ''}".strip()
+    with open(folder / f"queries-{split}.jsonl", encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                query = json.loads(line)
+                queries[str(query["_id"])] = query["text"]
+    qrels_frame = pd.read_csv(folder / f"qrels-{split}.tsv", sep="\t", dtype={"query-id": str, "corpus-id": str})
+    for qid, doc_id, score in qrels_frame[["query-id", "corpus-id", "score"]].itertuples(index=False):
+        if score > 0 and doc_id in corpus and qid in queries:
+            qrels[qid][doc_id] = int(score)
+    return corpus, queries, dict(qrels)
+
+
+def pairs_from_beir(folder: str | Path, split_fraction: float = 0.1, seed: int = 0
+                    ) -> tuple[pd.DataFrame, dict[str, str], dict[str, str], dict[str, dict[str, int]]]:
+    """Hold out ``split_fraction`` of the judged training *queries* (queries with the same normalised text stay
+    together) for validation; return (train pairs, held-out queries, corpus, held-out qrels). No pair of a
+    held-out query is in the training pairs."""
+    if not 0.0 < split_fraction < 1.0:
+        raise ValueError(f"split_fraction must lie in (0, 1), got {split_fraction}")
+    corpus, queries, qrels = load_beir(folder, "train")
+    groups: dict[str, list[str]] = defaultdict(list)
+    for qid in sorted(qrels, key=lambda q: (len(q), q)):
+        groups[_query_key(queries[qid])].append(qid)
+    keys = sorted(groups)
+    order = np.random.default_rng(seed).permutation(len(keys))
+    n_eval = max(1, round(len(qrels) * split_fraction))
+    held_out: list[str] = []
+    for index in order:
+        if len(held_out) >= n_eval:
+            break
+        held_out.extend(groups[keys[index]])
+    held = set(held_out)
+    records = [{"query": queries[qid], "positive": corpus[doc_id], "negative": None, "feedback_id": f"beir:{qid}",
+                "split": "train", "positive_id": doc_id, "negative_id": None, "negative_feedback_id": None}
+               for qid in sorted(qrels, key=lambda q: (len(q), q)) if qid not in held
+               for doc_id in sorted(qrels[qid])]
+    train = pd.DataFrame.from_records(records, columns=PAIR_COLUMNS)
+    return (train, {q: queries[q] for q in held_out}, corpus, {q: dict(qrels[q]) for q in held_out})
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Hard negatives
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def mine_hard_negatives(pairs: pd.DataFrame, corpus_texts: dict[str, str] | list[str], model, *,
+                        num_negatives: int = 1, range_min: int = 0, range_max: int = 50,
+                        relative_margin: float | None = 0.05, absolute_margin: float | None = None,
+                        max_score: float | None = None, corpus_embeddings=None, batch_size: int = 64
+                        ) -> pd.DataFrame:
+    """Fill a missing ``negative`` with the corpus documents the model ranks highest for the query that are not
+    known positives of that query (by text: every positive of every pair with the same query).
+
+    Same semantics as ``sentence_transformers.util.mine_hard_negatives`` (TopK with a margin, as in NV-Retriever):
+    candidates scoring above ``min positive score - |min positive score| * relative_margin`` (or within
+    ``absolute_margin`` of it, or above ``max_score``) are skipped as likely unlabelled positives, then the first
+    ``range_min`` survivors are skipped and the next ``num_negatives`` taken from the top ``range_max``. A pair gets
+    one row per mined negative; rows that already have a negative are kept as they are; a pair without any valid
+    candidate keeps ``negative=None``. The library function is not called because it always encodes the corpus
+    itself: pass ``corpus_embeddings`` (normalised, aligned with ``corpus_texts``) to reuse an evaluation's pass.
+    """
+    import torch
+
+    if num_negatives < 1 or range_min < 0 or range_min + num_negatives > range_max:
+        raise ValueError("need num_negatives >= 1, range_min >= 0 and range_min + num_negatives <= range_max")
+    ids = list(corpus_texts) if isinstance(corpus_texts, dict) else [str(i) for i in range(len(corpus_texts))]
+    texts = list(corpus_texts.values()) if isinstance(corpus_texts, dict) else list(corpus_texts)
+    pairs = pairs.reset_index(drop=True)
+    todo = pairs["negative"].isna() if "negative" in pairs else pd.Series(True, index=pairs.index)
+    if not todo.any() or not texts:
+        return pairs.copy()
+    if corpus_embeddings is None:
+        corpus_embeddings = model.encode_document(texts, batch_size=batch_size, convert_to_tensor=True,
+                                                  normalize_embeddings=True)
+    corpus_embeddings = torch.as_tensor(corpus_embeddings).float().cpu()
+    if corpus_embeddings.shape[0] != len(texts):
+        raise ValueError(f"corpus_embeddings has {corpus_embeddings.shape[0]} rows for {len(texts)} documents")
+
+    known: dict[str, set[str]] = defaultdict(set)
+    for query, positive in zip(pairs["query"], pairs["positive"]):
+        known[query].add(positive)
+    queries = sorted(set(pairs.loc[todo, "query"]))
+    positive_texts = sorted({p for q in queries for p in known[q]})
+    text_rows: dict[str, list[int]] = defaultdict(list)
+    for row, text in enumerate(texts):
+        text_rows[text].append(row)
+    encode = dict(batch_size=batch_size, convert_to_tensor=True, normalize_embeddings=True)
+    q_emb = model.encode_query(queries, **encode).float().cpu()
+    missing = [p for p in positive_texts if p not in text_rows]
+    extra = dict(zip(missing, model.encode_document(missing, **encode).float().cpu())) if missing else {}
+    p_emb = {p: corpus_embeddings[text_rows[p][0]] if p in text_rows else extra[p] for p in positive_texts}
+
+    k = min(range_max + max(len(known[q]) for q in queries), len(texts))
+    scores = q_emb @ corpus_embeddings.T
+    top_scores, top_rows = torch.topk(scores, k=k, dim=1)
+    mined: dict[str, list[tuple[str, str, float]]] = {}
+    for qi, query in enumerate(queries):
+        excluded = {row for p in known[query] for row in text_rows.get(p, [])}
+        min_pos = min(float(q_emb[qi] @ p_emb[p]) for p in known[query])
+        ceiling = float("inf")
+        if relative_margin is not None:
+            ceiling = min(ceiling, min_pos - abs(min_pos) * relative_margin)
+        if absolute_margin is not None:
+            ceiling = min(ceiling, min_pos - absolute_margin)
+        if max_score is not None:
+            ceiling = min(ceiling, max_score)
+        candidates = [(int(r), float(s)) for r, s in zip(top_rows[qi], top_scores[qi])
+                      if int(r) not in excluded and float(s) <= ceiling][:range_max]
+        mined[query] = [(ids[r], texts[r], s) for r, s in candidates[range_min:range_min + num_negatives]]
+
+    out = []
+    for index, row in pairs.iterrows():
+        record = row.to_dict()
+        if not todo[index] or not mined.get(row["query"]):
+            out.append(record)
+            continue
+        for doc_id, text, score in mined[row["query"]]:
+            out.append({**record, "negative": text, "negative_id": doc_id, "negative_score": score})
+    result = pd.DataFrame.from_records(out)
+    found = sum(1 for q in queries if mined[q])
+    logger.info("hard negatives: %d of %d queries got %d each; %d pairs still without a negative",
+                found, len(queries), num_negatives, int(result["negative"].isna().sum()))
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Export
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _records(pairs: pd.DataFrame) -> list[dict]:
+    clean = pairs.astype(object).where(pairs.notna(), None)
+    return [{k: v for k, v in r.items()} for r in clean.to_dict(orient="records")]
+
+
+def export_pairs(pairs: pd.DataFrame, directory: str | Path, min_train_pairs: int = 1) -> dict[str, Path]:
+    """Write ``pairs.jsonl``, ``pairs.csv``, one ``<split>.jsonl`` per split (the trainer's ``train_file``), an HF
+    ``DatasetDict`` folder (``hf/``, one dataset per split) and ``manifest.json`` (sha256 fingerprint of the
+    content, counts, feedback ids per split). Returns the paths by kind."""
+    from datasets import Dataset, DatasetDict
+
+    if "split" not in pairs:
+        pairs = pairs.assign(split="train")
+    n_train = int((pairs["split"] == "train").sum())
+    if n_train < min_train_pairs:
+        raise InsufficientDataError(f"embedding pairs: {n_train} training pairs, fewer than {min_train_pairs}")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    records = _records(pairs)
+    lines = [json.dumps(r, ensure_ascii=False, sort_keys=True, default=str) for r in records]
+    fingerprint = hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest()
+
+    paths = {"jsonl": directory / "pairs.jsonl", "csv": directory / "pairs.csv", "hf": directory / "hf",
+             "manifest": directory / "manifest.json"}
+    paths["jsonl"].write_text("\n".join(lines) + "\n", encoding="utf-8")
+    pairs.to_csv(paths["csv"], index=False)
+    splits = sorted(pairs["split"].unique())
+    for split in splits:
+        paths[split] = directory / f"{split}.jsonl"
+        paths[split].write_text("".join(line + "\n" for line, r in zip(lines, records) if r["split"] == split),
+                                encoding="utf-8")
+    DatasetDict({split: Dataset.from_list([{k: v for k, v in r.items() if k != "split"}
+                                           for r in records if r["split"] == split])
+                 for split in splits}).save_to_disk(str(paths["hf"]))
+    by_split = {split: pairs[pairs["split"] == split] for split in splits}
+    manifest = {
+        "name": "embedding_pairs", "fingerprint": fingerprint,
+        "counts": {split: len(frame) for split, frame in by_split.items()},
+        "with_negative": {split: int(frame["negative"].notna().sum()) for split, frame in by_split.items()},
+        "unique_queries": {split: int(frame["query"].nunique()) for split, frame in by_split.items()},
+        "feedback_ids": {split: sorted(set(frame["feedback_id"].dropna().astype(str))
+                                       | set(frame.get("negative_feedback_id", pd.Series(dtype=object))
+                                             .dropna().astype(str)))
+                         for split, frame in by_split.items()},
+        "files": {kind: path.name for kind, path in paths.items() if kind != "manifest"},
+    }
+    paths["manifest"].write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+    return paths

@@ -1,0 +1,641 @@
+"""python -m feedback_pipeline.training.chat_preference --config cfg.json
+
+LoRA preference tuning of a causal chat model with trl: KTO on thumbs (prompt / completion / bool label) or DPO on
+chosen/rejected pairs (config JSON keys are the fields of ``PreferenceConfig``; the result is printed as JSON on
+stdout, progress goes to the log on stderr).
+
+Input JSONL, one record per line (the extra keys the dataset builders write are ignored):
+
+    KTO: {"prompt": [messages], "completion": [{"role": "assistant", ...}], "label": true|false}
+    DPO: {"prompt": [messages], "chosen": [{"role": "assistant", ...}], "rejected": [{"role": "assistant", ...}]}
+
+The reference model is the base itself: with a LoRA adapter trl computes reference log-probs with the adapter
+disabled, so one copy of the weights is in memory. trl truncates prompt+completion to ``max_length`` from the
+right; a long prompt would leave little or no completion, so prompts are first fitted into ``max_prompt_length``
+tokens by dropping their oldest messages (and, for a single over-long message, its oldest tokens).
+
+Checkpoints (adapter, optimizer, scheduler, RNG, trainer state, plus our ``training_config.json``) are written every
+``save_steps``; with ``resume`` a killed run continues from the last complete checkpoint in ``output_dir``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import TrainerCallback
+
+from feedback_pipeline.training.chat_sft import (
+    TRAINING_CONFIG_NAME,
+    MlflowStepLogger,
+    ProgressReporter,
+    _sha256,
+)
+
+logger = logging.getLogger(__name__)
+
+METHODS = ("kto", "dpo")
+CHECKPOINT_PREFIX = "checkpoint-"
+# KTO paper, eq. 8: weights with lambda_D * n_D / (lambda_U * n_U) in [1, 4/3]; aim at the middle of that range.
+KTO_TARGET_RATIO = 7 / 6
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Configuration and result
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PreferenceConfig:
+    base_model_path: str = field(
+        metadata={"help": "Local Hugging Face causal-LM folder (config.json, weights, tokenizer)."}
+    )
+    train_file: str = field(metadata={"help": "JSONL of KTO records or DPO pairs (see the module docstring)."})
+    output_dir: str = field(
+        metadata={"help": "Where checkpoints, the final LoRA adapter, tokenizer and training_config.json go."}
+    )
+    method: str = field(default="kto", metadata={"help": "'kto' (thumbs: unpaired labels) or 'dpo' (pairs)."})
+    eval_file: str | None = field(
+        default=None, metadata={"help": "Optional JSONL in the train format; its preference loss is eval_loss."}
+    )
+    max_steps: int = field(default=60, metadata={"help": "Optimizer steps (the data is cycled if it is shorter)."})
+    per_device_train_batch_size: int = field(
+        default=4, metadata={"help": "Records per forward/backward pass (KTO needs >= 2: its KL term mixes a batch)."}
+    )
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimizer step."})
+    learning_rate: float = field(default=5e-5, metadata={"help": "Peak AdamW learning rate (linear decay to 0)."})
+    beta: float = field(
+        default=0.1, metadata={"help": "Strength of the pull towards the reference (base) model; higher = closer."}
+    )
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling numerator (scale = alpha / r)."})
+    lora_dropout: float = field(
+        default=0.0,
+        metadata={"help": "Dropout on the LoRA branch. 0 keeps trl's default of disabling every dropout, so policy "
+                          "and reference log-probs are not noisy; > 0 turns dropout back on."},
+    )
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+        metadata={"help": "Module names that get LoRA adapters (a list, or a comma-separated string in JSON)."},
+    )
+    max_length: int = field(
+        default=256, metadata={"help": "Max tokens of prompt+response; longer sequences are cut at the end."}
+    )
+    max_prompt_length: int | None = field(
+        default=None,
+        metadata={"help": "Prompt token budget (default max_length // 2); longer prompts lose their oldest messages."},
+    )
+    seed: int = field(default=42, metadata={"help": "Seed for LoRA init, dropout and data order."})
+    desirable_weight: float | None = field(
+        default=None,
+        metadata={"help": "KTO loss weight of liked records. With undesirable_weight unset too, both are set from the "
+                          "label counts so that w_D * n_D / (w_U * n_U) = 7/6, inside trl's recommended [1, 4/3]."},
+    )
+    undesirable_weight: float | None = field(
+        default=None, metadata={"help": "KTO loss weight of disliked records (see desirable_weight)."}
+    )
+    eval_steps: int = field(default=10, metadata={"help": "Evaluate eval_file every N steps (when given)."})
+    early_stopping_patience: int | None = field(
+        default=None,
+        metadata={"help": "Stop after this many evaluations without eval_loss improvement, then keep the best "
+                          "checkpoint (needs eval_file; save_steps must be a multiple of eval_steps)."},
+    )
+    early_stopping_threshold: float = field(
+        default=0.0, metadata={"help": "Minimum eval_loss decrease that counts as an improvement."}
+    )
+    save_steps: int = field(default=10, metadata={"help": "Write a resumable checkpoint every N steps."})
+    save_total_limit: int = field(
+        default=2, metadata={"help": "Checkpoints kept (oldest deleted first; the best one is always kept)."}
+    )
+    resume: bool = field(
+        default=False, metadata={"help": "Continue from the last complete checkpoint in output_dir, if any."}
+    )
+    logging_steps: int = field(default=1, metadata={"help": "Log loss (progress, MLflow) every N optimizer steps."})
+
+    def __post_init__(self) -> None:
+        if isinstance(self.lora_target_modules, str):
+            self.lora_target_modules = [m.strip() for m in self.lora_target_modules.split(",") if m.strip()]
+        self.lora_target_modules = list(self.lora_target_modules)
+        if self.eval_file == "":
+            self.eval_file = None
+        if self.method not in METHODS:
+            raise ValueError(f"PreferenceConfig.method must be one of {METHODS}, got {self.method!r}")
+        for name in ("max_steps", "per_device_train_batch_size", "gradient_accumulation_steps", "lora_r", "max_length",
+                     "eval_steps", "save_steps", "save_total_limit", "logging_steps"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"PreferenceConfig.{name} must be >= 1, got {getattr(self, name)!r}")
+        if not self.lora_target_modules:
+            raise ValueError("PreferenceConfig.lora_target_modules is empty")
+        if self.max_prompt_length is None:
+            self.max_prompt_length = self.max_length // 2
+        if not 1 <= self.max_prompt_length < self.max_length:
+            raise ValueError(f"max_prompt_length must lie in [1, max_length), got {self.max_prompt_length}")
+        if self.method == "kto" and self.per_device_train_batch_size < 2:
+            raise ValueError("KTO needs per_device_train_batch_size >= 2 (its KL estimate mixes the batch)")
+        if self.method == "dpo" and (self.desirable_weight is not None or self.undesirable_weight is not None):
+            raise ValueError("desirable_weight/undesirable_weight are KTO settings; DPO pairs have no classes")
+        for name in ("desirable_weight", "undesirable_weight"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise ValueError(f"PreferenceConfig.{name} must be a positive number, got {value!r}")
+        if self.early_stopping_patience is not None:
+            if self.early_stopping_patience < 1:
+                raise ValueError("early_stopping_patience must be >= 1 (or None to train all max_steps)")
+            if not self.eval_file:
+                raise ValueError("early_stopping_patience needs an eval_file to compute eval_loss on")
+            if self.save_steps % self.eval_steps:
+                # transformers' load_best_model_at_end can only pick among evaluated checkpoints.
+                raise ValueError(f"with early stopping, save_steps ({self.save_steps}) must be a multiple of "
+                                 f"eval_steps ({self.eval_steps})")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PreferenceConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"Unknown PreferenceConfig keys {unknown}; valid keys: {sorted(known)}")
+        return cls(**data)
+
+    @classmethod
+    def from_json_file(cls, path: str | Path) -> PreferenceConfig:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+@dataclass(frozen=True)
+class PreferenceResult:
+    adapter_dir: str
+    method: str
+    steps: int  # global step reached (counting steps done before a resume)
+    loss_history: list[tuple[int, float]]  # (global step, training loss), including steps before a resume
+    final_train_loss: float
+    eval_history: list[tuple[int, float]]  # (global step, eval_loss) of the periodic evaluations
+    eval_loss: float | None  # eval loss of the saved adapter (the best checkpoint under early stopping)
+    best_checkpoint: str | None
+    stopped_early: bool
+    resumed_from: str | None  # checkpoint folder this run continued from
+    train_runtime_s: float  # this run only
+    train_tokens: int  # prompt+response tokens of the policy batches in this run
+    tokens_per_s: float
+    trainable_params: int
+    weights_changed: bool  # any LoRA parameter differs from its fresh initial value
+    n_train_examples: int
+    desirable_weight: float | None
+    undesirable_weight: float | None
+    last_train_metrics: dict[str, float]  # trl's reward / KL metrics of the last logging step
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _messages(value: Any, where: str, what: str, roles: tuple[str, ...]) -> list[dict[str, str]]:
+    if not isinstance(value, list) or not value:
+        raise ValueError(f"{where}: '{what}' must be a non-empty list of messages")
+    out = []
+    for m in value:
+        if not isinstance(m, dict) or m.get("role") not in roles or not isinstance(m.get("content"), str):
+            raise ValueError(f"{where}: each '{what}' message needs role {'/'.join(roles)} and a string content")
+        out.append({"role": m["role"], "content": m["content"]})
+    return out
+
+
+def load_preference_records(path: str | Path, method: str) -> list[dict[str, Any]]:
+    """Read KTO records or DPO pairs into exactly the columns trl uses, validating each line."""
+    rows: list[dict[str, Any]] = []
+    prompt_roles = ("system", "user", "assistant")
+    with open(path, encoding="utf-8") as fh:
+        for line_no, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{line_no}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{where}: not valid JSON ({exc})") from exc
+            prompt = _messages(record.get("prompt"), where, "prompt", prompt_roles)
+            if prompt[-1]["role"] != "user":
+                raise ValueError(f"{where}: the prompt must end with a user message")
+            if method == "kto":
+                if not isinstance(record.get("label"), bool):
+                    raise ValueError(f"{where}: KTO records need a boolean 'label'")
+                rows.append({"prompt": prompt,
+                             "completion": _messages(record.get("completion"), where, "completion", ("assistant",)),
+                             "label": record["label"]})
+            else:
+                rows.append({"prompt": prompt,
+                             "chosen": _messages(record.get("chosen"), where, "chosen", ("assistant",)),
+                             "rejected": _messages(record.get("rejected"), where, "rejected", ("assistant",))})
+    return rows
+
+
+def kto_class_weights(n_desirable: int, n_undesirable: int,
+                      target_ratio: float = KTO_TARGET_RATIO) -> tuple[float, float]:
+    """(desirable_weight, undesirable_weight) with w_D * n_D / (w_U * n_U) = target_ratio; the minority is upweighted.
+
+    trl (after the KTO paper, eq. 8) recommends that ratio in [1, 4/3] and changing only one of the two weights.
+    """
+    if n_desirable < 1 or n_undesirable < 1:
+        raise ValueError(f"KTO needs liked and disliked examples, got {n_desirable} liked / {n_undesirable} disliked")
+    if n_desirable <= n_undesirable * target_ratio:  # liked are the minority (or near balance): raise them
+        return round(target_ratio * n_undesirable / n_desirable, 4), 1.0
+    return 1.0, round(n_desirable / (target_ratio * n_undesirable), 4)
+
+
+def _prompt_length(tokenizer: Any, messages: list[dict[str, str]]) -> int:
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def fit_prompt(tokenizer: Any, messages: list[dict[str, str]], budget: int) -> list[dict[str, str]]:
+    """The prompt, chat-templated, in at most ``budget`` tokens: oldest messages go first (leading system messages
+    stay, and the kept part starts with a user turn); a last message that alone is too long keeps its end."""
+    if _prompt_length(tokenizer, messages) <= budget:
+        return messages
+    system = [m for m in messages[:1] if m["role"] == "system"]
+    rest = messages[len(system):]
+    while len(rest) > 1 and (_prompt_length(tokenizer, system + rest) > budget or rest[0]["role"] != "user"):
+        rest = rest[1:]
+    fitted = system + rest
+    while (excess := _prompt_length(tokenizer, fitted) - budget) > 0:
+        last = fitted[-1]
+        ids = tokenizer(last["content"], add_special_tokens=False)["input_ids"]
+        keep = len(ids) - excess - 1
+        if keep < 1:
+            if system:  # the system message itself is what does not fit
+                system, fitted = [], fitted[len(system):]
+                continue
+            raise ValueError(f"a prompt cannot be fitted into {budget} tokens (template overhead alone exceeds it)")
+        fitted = fitted[:-1] + [{"role": last["role"], "content": tokenizer.decode(ids[-keep:])}]
+    return fitted
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Callbacks
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class PreferenceMlflowLogger(MlflowStepLogger):
+    """chat_sft's step logger, also logging trl's preference metrics (implicit rewards, KTO's KL estimate)."""
+
+    KEYS = MlflowStepLogger.KEYS + (
+        "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "kl",
+        "eval_rewards/margins", "eval_rewards/accuracies", "eval_kl",
+    )
+
+
+class PreferenceProgress(ProgressReporter):
+    """chat_sft's progress lines, named after the method ("KTO started: 60 steps"), plus eval losses and resumes."""
+
+    def __init__(self, log: Callable[[str], None], method: str):
+        name = method.upper()
+        super().__init__(lambda line: log(f"{name} {line[4:]}" if line.startswith("SFT ") else line))
+        self.method = name
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        super().on_train_begin(args, state, control, **kwargs)
+        if state.global_step:
+            self.log(f"{self.method} resumed at step {state.global_step}")
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        super().on_log(args, state, control, logs=logs, **kwargs)
+        if logs and "eval_loss" in logs:
+            self.log(f"step {state.global_step}: eval_loss {logs['eval_loss']:.4f}")
+
+
+class _CheckpointStory(TrainerCallback):
+    """Writes training_config.json (config, step, data fingerprint, base model) into every checkpoint, last, so that
+    its presence marks the checkpoint as complete; also keeps the last token count trl logged in this run."""
+
+    def __init__(self, story: Callable[[int], dict[str, Any]]):
+        self.story = story
+        self.tokens = 0
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and isinstance(logs.get("num_tokens"), (int, float)):
+            self.tokens = int(logs["num_tokens"])
+
+    def on_save(self, args, state, control, **kwargs):
+        folder = Path(args.output_dir) / f"{CHECKPOINT_PREFIX}{state.global_step}"
+        if folder.is_dir():
+            (folder / TRAINING_CONFIG_NAME).write_text(json.dumps(self.story(state.global_step), indent=2))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Checkpoints
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _checkpoints(output_dir: Path) -> list[Path]:
+    found = []
+    for path in output_dir.glob(f"{CHECKPOINT_PREFIX}*"):
+        suffix = path.name[len(CHECKPOINT_PREFIX):]
+        if path.is_dir() and suffix.isdigit():
+            found.append(path)
+    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
+
+
+def last_complete_checkpoint(output_dir: str | Path) -> Path | None:
+    """The newest checkpoint with both trainer_state.json and our training_config.json (written last)."""
+    for path in reversed(_checkpoints(Path(output_dir))):
+        if (path / "trainer_state.json").is_file() and (path / TRAINING_CONFIG_NAME).is_file():
+            return path
+    return None
+
+
+def _check_resumable(checkpoint: Path, cfg: PreferenceConfig, train_sha: str, base: Path) -> None:
+    story = json.loads((checkpoint / TRAINING_CONFIG_NAME).read_text())
+    if story["config"]["max_steps"] != cfg.max_steps:
+        # The optimizer state restores the learning rate the old schedule had reached (0 at its end), so the first
+        # resumed step runs at that rate; only the steps after it follow the new schedule.
+        logger.warning("resuming a run planned for %s steps with max_steps=%s: the first resumed step uses the old "
+                       "schedule's learning rate (0 if that run had finished)", story["config"]["max_steps"],
+                       cfg.max_steps)
+    mismatches = {
+        "method": (story["config"]["method"], cfg.method),
+        "train_file_sha256": (story["train_file_sha256"], train_sha),
+        "base_model_path": (story["base_model_path"], str(base.resolve())),
+    }
+    bad = {k: v for k, v in mismatches.items() if v[0] != v[1]}
+    if bad:
+        raise ValueError(f"cannot resume from {checkpoint}: it was trained with different {sorted(bad)} "
+                         f"({bad}); use a new output_dir")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Entry point
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _fit_prompts(rows: list[dict[str, Any]], tokenizer: Any, budget: int) -> int:
+    trimmed = 0
+    for row in rows:
+        fitted = fit_prompt(tokenizer, row["prompt"], budget)
+        if fitted is not row["prompt"]:
+            row["prompt"] = fitted
+            trimmed += 1
+    return trimmed
+
+
+def main(
+    cfg: PreferenceConfig,
+    log: Callable[[str], None] | None = None,
+    extra_callbacks: Sequence[TrainerCallback] = (),
+) -> PreferenceResult:
+    """Train a KTO or DPO LoRA adapter on ``cfg.train_file`` and save it to ``cfg.output_dir``. Raises on bad data,
+    NaN losses, or a resume onto a checkpoint trained on other data."""
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer, EarlyStoppingCallback, PrinterCallback
+
+    log = log or logger.info
+    base = Path(cfg.base_model_path)
+    if not (base / "config.json").is_file():
+        raise FileNotFoundError(f"base_model_path {cfg.base_model_path!r} is not a local HF model folder")
+    out = Path(cfg.output_dir)
+    train_sha = _sha256(cfg.train_file)
+
+    resume_from = None
+    if _checkpoints(out):
+        if not cfg.resume:
+            raise FileExistsError(f"{out} already holds checkpoints: set resume=True to continue that run, or use an "
+                                  "empty output_dir")
+        resume_from = last_complete_checkpoint(out)
+        if resume_from is None:
+            log(f"no complete checkpoint in {out}: training from the start")
+        else:
+            _check_resumable(resume_from, cfg, train_sha, base)
+
+    train_rows = load_preference_records(cfg.train_file, cfg.method)
+    eval_rows = load_preference_records(cfg.eval_file, cfg.method) if cfg.eval_file else None
+    if not train_rows:
+        raise ValueError(f"train_file {cfg.train_file!r} holds no records")
+    if eval_rows is not None and not eval_rows:
+        raise ValueError(f"eval_file {cfg.eval_file!r} holds no records")
+
+    desirable = undesirable = None
+    if cfg.method == "kto":
+        n_liked = sum(r["label"] for r in train_rows)
+        if cfg.desirable_weight is None and cfg.undesirable_weight is None:
+            desirable, undesirable = kto_class_weights(n_liked, len(train_rows) - n_liked)
+        else:
+            desirable, undesirable = cfg.desirable_weight or 1.0, cfg.undesirable_weight or 1.0
+        log(f"KTO on {n_liked} liked / {len(train_rows) - n_liked} disliked: weights {desirable} / {undesirable}")
+
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    trimmed = _fit_prompts(train_rows, tokenizer, cfg.max_prompt_length)
+    if eval_rows:
+        trimmed += _fit_prompts(eval_rows, tokenizer, cfg.max_prompt_length)
+    if trimmed:
+        log(f"{trimmed} prompts longer than {cfg.max_prompt_length} tokens lost their oldest messages/tokens")
+    log(f"{cfg.method.upper()} on {len(train_rows)} records" + (f" (+{len(eval_rows)} eval)" if eval_rows else "")
+        + f", base {base}, {cfg.max_steps} steps x batch {cfg.per_device_train_batch_size}"
+          f" x accum {cfg.gradient_accumulation_steps}")
+
+    # fp32: bf16 on a CPU is slow and lossy for a small model.
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    evaluate = eval_rows is not None
+    early = cfg.early_stopping_patience is not None
+    common = dict(
+        output_dir=str(out),
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.per_device_train_batch_size,
+        # KTO pairs each completion with its batch neighbour's prompt for the KL term: same batch size in eval.
+        per_device_eval_batch_size=cfg.per_device_train_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        learning_rate=cfg.learning_rate,
+        beta=cfg.beta,
+        max_length=cfg.max_length,
+        seed=cfg.seed,
+        logging_strategy="steps",
+        logging_steps=cfg.logging_steps,
+        # trl defaults bf16 and activation (gradient) checkpointing to True: both wrong or slow on a CPU.
+        bf16=False,
+        fp16=False,
+        activation_checkpointing=False,  # transformers 5 name; `gradient_checkpointing` is its deprecated alias
+        use_cpu=not torch.cuda.is_available(),
+        disable_dropout=cfg.lora_dropout == 0,
+        report_to=[],  # the caller logs to MLflow through PreferenceMlflowLogger, inside its own run
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=cfg.save_total_limit,
+        eval_strategy="steps" if evaluate else "no",
+        eval_steps=cfg.eval_steps if evaluate else None,
+        load_best_model_at_end=early,
+        metric_for_best_model="eval_loss" if early else None,
+        greater_is_better=False if early else None,
+        dataloader_num_workers=0,
+        disable_tqdm=True,  # ProgressReporter gives one line per logging step instead
+    )
+    if cfg.method == "kto":
+        from trl import KTOConfig, KTOTrainer
+
+        args = KTOConfig(**common, desirable_weight=desirable, undesirable_weight=undesirable)
+        trainer_cls = KTOTrainer
+    else:
+        from trl import DPOConfig, DPOTrainer
+
+        args = DPOConfig(**common)
+        trainer_cls = DPOTrainer
+
+    peft_config = LoraConfig(
+        r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+        target_modules=list(cfg.lora_target_modules), bias="none", task_type="CAUSAL_LM",
+    )
+
+    def story(step: int) -> dict[str, Any]:
+        return {"config": asdict(cfg), "method": cfg.method, "steps": step, "base_model_path": str(base.resolve()),
+                "train_file_sha256": train_sha, "eval_file_sha256": _sha256(cfg.eval_file) if cfg.eval_file else None,
+                "n_train_examples": len(trainer.train_dataset), "desirable_weight": desirable,
+                "undesirable_weight": undesirable}
+
+    checkpoint_story = _CheckpointStory(story)
+    callbacks = [PreferenceMlflowLogger(), PreferenceProgress(log, cfg.method), checkpoint_story]
+    if early:
+        callbacks.append(EarlyStoppingCallback(cfg.early_stopping_patience, cfg.early_stopping_threshold))
+    # KTO reads the data in file order (its KL term needs a fixed order), so the order is shuffled here, once.
+    train_dataset = Dataset.from_list(train_rows).shuffle(seed=cfg.seed)
+    trainer = trainer_cls(
+        model=model,
+        args=args,
+        train_dataset=train_dataset,
+        eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=[*callbacks, *extra_callbacks],
+    )
+    trainer.remove_callback(PrinterCallback)  # it print()s raw log dicts to stdout
+    if len(trainer.train_dataset) == 0:
+        raise ValueError(f"no training record keeps a response token within max_length={cfg.max_length}")
+    if len(trainer.train_dataset) < len(train_rows):
+        log(f"{len(train_rows) - len(trainer.train_dataset)} records dropped: prompt fills max_length")
+
+    initial = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    trainable_params = sum(p.numel() for p in initial.values())
+    if trainable_params == 0:
+        raise RuntimeError(f"no trainable parameters: none of {cfg.lora_target_modules} matched the model")
+
+    if resume_from is not None:
+        log(f"resuming from {resume_from}")
+    train_output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    history = trainer.state.log_history
+    loss_history = [(int(e["step"]), float(e["loss"])) for e in history if "loss" in e]
+    eval_history = [(int(e["step"]), float(e["eval_loss"])) for e in history if "eval_loss" in e]
+    final_train_loss = loss_history[-1][1] if loss_history else float(train_output.training_loss)
+    bad = [(s, v) for s, v in loss_history + eval_history if not math.isfinite(v)]
+    if bad or not math.isfinite(final_train_loss):
+        raise FloatingPointError(f"loss is not finite: {bad or final_train_loss}")
+
+    current = dict(trainer.model.named_parameters())
+    weights_changed = any(not torch.equal(current[n].detach(), before) for n, before in initial.items())
+    steps = int(trainer.state.global_step)
+    stopped_early = steps < cfg.max_steps
+    best_checkpoint = trainer.state.best_model_checkpoint if early else None
+
+    eval_loss = None
+    if evaluate:
+        if early and trainer.state.best_metric is not None:
+            eval_loss = float(trainer.state.best_metric)  # the best checkpoint was loaded back at the end
+        elif eval_history and eval_history[-1][0] == steps:
+            eval_loss = eval_history[-1][1]
+        else:
+            eval_loss = float(trainer.evaluate()["eval_loss"])
+        if not math.isfinite(eval_loss):
+            raise FloatingPointError(f"eval loss is not finite: {eval_loss}")
+        log(f"eval_loss of the saved adapter {eval_loss:.4f}")
+
+    out.mkdir(parents=True, exist_ok=True)
+    trainer.model.save_pretrained(out)  # PeftModel: adapter_config.json + adapter_model.safetensors only
+    tokenizer.save_pretrained(out)
+    runtime = float(train_output.metrics.get("train_runtime", float("nan")))
+    last_metrics = next((e for e in reversed(history) if "loss" in e), {})
+    last_train_metrics = {k: float(v) for k, v in last_metrics.items()
+                          if isinstance(v, (int, float)) and (k.startswith(("rewards/", "logps/")) or k == "kl")}
+    result = PreferenceResult(
+        adapter_dir=str(out), method=cfg.method, steps=steps, loss_history=loss_history,
+        final_train_loss=final_train_loss, eval_history=eval_history, eval_loss=eval_loss,
+        best_checkpoint=best_checkpoint, stopped_early=stopped_early,
+        resumed_from=str(resume_from) if resume_from else None, train_runtime_s=runtime,
+        train_tokens=checkpoint_story.tokens,
+        tokens_per_s=checkpoint_story.tokens / runtime if runtime > 0 else float("nan"),
+        trainable_params=trainable_params, weights_changed=weights_changed,
+        n_train_examples=len(trainer.train_dataset), desirable_weight=desirable, undesirable_weight=undesirable,
+        last_train_metrics=last_train_metrics,
+    )
+    # Written last: its presence means the adapter folder is complete.
+    (out / TRAINING_CONFIG_NAME).write_text(json.dumps({**story(steps), "result": result.to_dict()}, indent=2))
+    log(f"adapter saved to {out}")
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Export
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def merge_and_export(base_model_path: str | Path, adapter_dir: str | Path, out_dir: str | Path) -> Path:
+    """A full HF model folder (base weights + LoRA merged, tokenizer, generation config) for serving without peft.
+
+    Written to a sibling temp folder and renamed into place, so ``out_dir`` is never half-written; an existing
+    ``out_dir`` is replaced. GGUF is not produced: that needs llama.cpp's converter, which is not installed.
+    """
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    adapter_dir, out_dir = Path(adapter_dir), Path(out_dir)
+    weights = adapter_dir / "adapter_model.safetensors"
+    if not ((adapter_dir / "adapter_config.json").is_file() and weights.is_file()):
+        raise FileNotFoundError(f"{adapter_dir} holds no PEFT adapter (adapter_config.json / {weights.name} missing)")
+    tokenizer = AutoTokenizer.from_pretrained(adapter_dir if (adapter_dir / "tokenizer_config.json").is_file()
+                                              else base_model_path)
+    base = AutoModelForCausalLM.from_pretrained(base_model_path, dtype=torch.float32)
+    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    merged.eval()
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{time.monotonic_ns()}"
+    try:
+        merged.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        provenance = {"base_model_path": str(Path(base_model_path).resolve()),
+                      "adapter_dir": str(adapter_dir.resolve()),
+                      "adapter_sha256": _sha256(weights)}
+        if (adapter_dir / TRAINING_CONFIG_NAME).is_file():
+            provenance["training"] = json.loads((adapter_dir / TRAINING_CONFIG_NAME).read_text())
+        (tmp / "merge_provenance.json").write_text(json.dumps(provenance, indent=2))
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def _parse_args(argv: Iterable[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--config", required=True, help="JSON file whose keys are PreferenceConfig fields")
+    return parser.parse_args(None if argv is None else list(argv))
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    ns = _parse_args()
+    result = main(PreferenceConfig.from_json_file(ns.config))
+    print(json.dumps(result.to_dict(), indent=2))
