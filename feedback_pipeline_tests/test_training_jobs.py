@@ -33,7 +33,7 @@ def test_dpo_adapter_is_trained_tracked_and_registered(tmp_path, base_model_dir)
     out = result.output_for_node("chat_preference_adapter")
     client = MlflowClient(settings.mlflow_tracking_uri)
     version = client.get_model_version_by_alias(settings.chat_model_name, "challenger")
-    assert version.version == out["version"] and version.tags["method"] == "dpo"
+    assert str(version.version) == out["version"] and version.tags["method"] == "dpo"
     assert client.get_run(out["run_id"]).data.params["dataset_fingerprint"] == dpo["fingerprint"]
 
 
@@ -48,4 +48,4 @@ def test_embedder_is_trained_tracked_and_registered(tmp_path, base_model_dir):
     assert pairs["train_pairs"].value >= 20
     out = result.output_for_node("embedding_model")
     client = MlflowClient(settings.mlflow_tracking_uri)
-    assert client.get_model_version_by_alias(settings.embedding_model_name, "challenger").version == out["version"]
+    assert str(client.get_model_version_by_alias(settings.embedding_model_name, "challenger").version) == out["version"]

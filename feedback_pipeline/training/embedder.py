@@ -290,7 +290,9 @@ def main(cfg: EmbedderConfig, log: Callable[[str], None] | None = None,
         per_device_train_batch_size=cfg.batch_size,
         per_device_eval_batch_size=cfg.batch_size,
         learning_rate=cfg.learning_rate,
-        warmup_steps=cfg.warmup_ratio,  # transformers 5: a float < 1 is a ratio (warmup_ratio is deprecated)
+        # transformers 5: a float < 1 is a ratio (warmup_ratio is deprecated). Warmup starts at lr 0, so a 1-step
+        # run with any warmup changes nothing (EmbedderResult.weights_changed says so).
+        warmup_steps=cfg.warmup_ratio,
         seed=cfg.seed,
         data_seed=cfg.seed,
         fp16=False,
@@ -337,6 +339,9 @@ def main(cfg: EmbedderConfig, log: Callable[[str], None] | None = None,
 
     out = Path(cfg.output_dir)
     model.save(str(out))
+    scratch = Path(args.output_dir)
+    if scratch.is_dir() and not any(scratch.iterdir()):  # save_strategy="no": the trainer's folder stays empty
+        scratch.rmdir()
     runtime = float(output.metrics.get("train_runtime", float("nan")))
     throughput = n_examples * max(cfg.epochs, 0) / runtime if cfg.max_steps == 0 else (
         steps * cfg.batch_size / runtime)
