@@ -119,3 +119,15 @@ def test_real_oasst1_replies_are_not_flagged():
     out = apply_signals(df)
     assert len(df) == 300
     assert not out["exclude_from_training"].any(), out.loc[out["exclude_from_training"], ["response", "spam_reason"]]
+
+
+def test_bulk_import_without_timestamps_is_not_a_burst():
+    """Records sent without created_at carry their ingestion time: one import is not one user's burst."""
+    now = pd.Timestamp("2026-01-01", tz="UTC")
+    frame = pd.DataFrame({"id": [str(i) for i in range(50)], "user_id": ["rater0"] * 50, "session_id": [f"s{i}" for i in range(50)],
+                          "created_at": [now] * 50, "ingested_at": [now] * 50, "rating": [1.0] * 50,
+                          "query": ["How long does the virus live on surfaces?"] * 50,
+                          "response": ["It can survive up to 72 hours on plastic."] * 50, "comment": [None] * 50})
+    assert (spam_signals(frame) == "").all()
+    timed = frame.assign(created_at=[now - pd.Timedelta(seconds=i + 1) for i in range(50)])
+    assert spam_signals(timed).str.contains("burst: user").all()

@@ -23,7 +23,7 @@ def _setup(tmp_path, base_model_dir, records):
 def test_dpo_adapter_is_trained_tracked_and_registered(tmp_path, base_model_dir):
     settings, defs = _setup(tmp_path, base_model_dir, itertools.islice(read_oasst1(OASST1), 500))
     run_config = {"ops": {"chat_preference_adapter": {"config": {
-        "method": "dpo", "max_steps": 2, "batch_size": 2, "max_length": 96, "eval_steps": 1}}}}
+        "method": "dpo", "max_steps": 2, "batch_size": 2, "max_length": 96, "eval_steps": 2}}}}
     result = defs.resolve_job_def("preference_training_job").execute_in_process(
         run_config=run_config, instance=dg.DagsterInstance.ephemeral())
     assert result.success

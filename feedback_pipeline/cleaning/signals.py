@@ -115,10 +115,22 @@ def spam_signals(
             reasons[i].append(reason)
 
     times = pd.to_datetime(df["created_at"], utc=True) if "created_at" in df else None
+    known = np.ones(len(df), dtype=bool)
+    if times is not None and "ingested_at" in df:
+        # A record sent without its own timestamp got the ingestion time as created_at: rows of one bulk import
+        # then share a time that says nothing about how fast anyone rated, so they are kept out of burst checks.
+        known = (times != pd.to_datetime(df["ingested_at"], utc=True)).to_numpy()
+    timed, timed_at = df[known], (times[known] if times is not None else None)
+
+    def spread(sub_hits: np.ndarray) -> np.ndarray:
+        hits = np.zeros(len(df), dtype=bool)
+        hits[known] = sub_hits
+        return hits
+
     for column in ("user_id", "session_id"):
         if times is not None and column in df:
-            hits = _dense_by(_present(df[column]), times, pd.Timedelta(burst_window), burst_max)
-            add(hits, f"burst: {column.removesuffix('_id')}")
+            hits = _dense_by(_present(timed[column]), timed_at, pd.Timedelta(burst_window), burst_max)
+            add(spread(hits), f"burst: {column.removesuffix('_id')}")
     if "comment" in df:
         key = _comment_key(df["comment"])
         who = _present(df["user_id"]) if "user_id" in df else pd.Series(np.arange(len(df)), index=df.index)
@@ -131,7 +143,7 @@ def spam_signals(
                 if kind:
                     reasons[i].append(f"garbage {column}: {kind}")
     if times is not None and "user_id" in df and "rating" in df:
-        add(_flood(df, times, pd.Timedelta(flood_window), flood_max), "rating flood")
+        add(spread(_flood(timed, timed_at, pd.Timedelta(flood_window), flood_max)), "rating flood")
     return pd.Series(["; ".join(r) for r in reasons], index=df.index, dtype=object)
 
 
