@@ -42,6 +42,7 @@ from feedback_pipeline.training.chat_sft import (
     ProgressReporter,
     _sha256,
 )
+from feedback_pipeline.training.config_file import JsonConfig
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ KTO_TARGET_RATIO = 7 / 6
 
 
 @dataclass
-class PreferenceConfig:
+class PreferenceConfig(JsonConfig):
     base_model_path: str = field(
         metadata={"help": "Local Hugging Face causal-LM folder (config.json, weights, tokenizer)."}
     )
@@ -159,17 +160,6 @@ class PreferenceConfig:
                 raise ValueError(f"with early stopping, save_steps ({self.save_steps}) must be a multiple of "
                                  f"eval_steps ({self.eval_steps})")
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> PreferenceConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"Unknown PreferenceConfig keys {unknown}; valid keys: {sorted(known)}")
-        return cls(**data)
-
-    @classmethod
-    def from_json_file(cls, path: str | Path) -> PreferenceConfig:
-        return cls.from_dict(json.loads(Path(path).read_text()))
 
 
 @dataclass(frozen=True)

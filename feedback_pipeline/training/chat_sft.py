@@ -37,6 +37,8 @@ import torch
 from transformers import TrainerCallback
 from trl import SFTTrainer
 
+from feedback_pipeline.training.config_file import JsonConfig
+
 logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
@@ -49,7 +51,7 @@ TRAINING_CONFIG_NAME = "training_config.json"
 
 
 @dataclass
-class ChatSFTConfig:
+class ChatSFTConfig(JsonConfig):
     base_model_path: str = field(
         metadata={"help": "Local Hugging Face causal-LM folder (config.json, weights, tokenizer)."}
     )
@@ -93,18 +95,6 @@ class ChatSFTConfig:
         if not self.lora_target_modules:
             raise ValueError("ChatSFTConfig.lora_target_modules is empty")
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ChatSFTConfig:
-        # Unknown keys are an error, not ignored: a typo in a config file should not silently train with a default.
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"Unknown ChatSFTConfig keys {unknown}; valid keys: {sorted(known)}")
-        return cls(**data)
-
-    @classmethod
-    def from_json_file(cls, path: str | Path) -> ChatSFTConfig:
-        return cls.from_dict(json.loads(Path(path).read_text()))
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from feedback_pipeline.training.chat_sft import MlflowStepLogger
+from feedback_pipeline.training.config_file import JsonConfig
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ _REQUIREMENTS = ["torch==2.13.0", "transformers==5.23.0", "sentence-transformers
 
 
 @dataclass
-class EmbedderConfig:
+class EmbedderConfig(JsonConfig):
     train_file: str = field(metadata={"help": "JSONL of {'query', 'positive', 'negative'?: str|null, 'score'?: float}."})
     output_dir: str = field(metadata={"help": "Where the fine-tuned model and training_config.json are written."})
     base_model_path: str = field(
@@ -83,17 +84,6 @@ class EmbedderConfig:
     def has_eval(self) -> bool:
         return self.eval_queries is not None
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> EmbedderConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"Unknown EmbedderConfig keys {unknown}; valid keys: {sorted(known)}")
-        return cls(**data)
-
-    @classmethod
-    def from_json_file(cls, path: str | Path) -> EmbedderConfig:
-        return cls.from_dict(json.loads(Path(path).read_text()))
 
 
 @dataclass(frozen=True)
