@@ -20,15 +20,13 @@ Checkpoints (adapter, optimizer, scheduler, RNG, trainer state, plus our ``train
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
 import math
 import shutil
-import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +40,7 @@ from feedback_pipeline.training.chat_sft import (
     ProgressReporter,
     _sha256,
 )
-from feedback_pipeline.training.config_file import JsonConfig
+from feedback_pipeline.training.config_file import JsonConfig, run_cli
 
 logger = logging.getLogger(__name__)
 
@@ -618,14 +616,5 @@ def merge_and_export(base_model_path: str | Path, adapter_dir: str | Path, out_d
     return out_dir
 
 
-def _parse_args(argv: Iterable[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--config", required=True, help="JSON file whose keys are PreferenceConfig fields")
-    return parser.parse_args(None if argv is None else list(argv))
-
-
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    ns = _parse_args()
-    result = main(PreferenceConfig.from_json_file(ns.config))
-    print(json.dumps(result.to_dict(), indent=2))
+    run_cli(PreferenceConfig, main, __doc__.splitlines()[0] if __doc__ else None)

@@ -20,15 +20,13 @@ i.e. every example counts by its weight, whatever its length (unlike trl's defau
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
 import logging
 import math
-import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +35,7 @@ import torch
 from transformers import TrainerCallback
 from trl import SFTTrainer
 
-from feedback_pipeline.training.config_file import JsonConfig
+from feedback_pipeline.training.config_file import JsonConfig, run_cli
 
 logger = logging.getLogger(__name__)
 
@@ -515,14 +513,5 @@ def main(
     )
 
 
-def _parse_args(argv: Iterable[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--config", required=True, help="JSON file whose keys are ChatSFTConfig fields")
-    return parser.parse_args(None if argv is None else list(argv))
-
-
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    ns = _parse_args()
-    result = main(ChatSFTConfig.from_json_file(ns.config))
-    print(json.dumps(result.to_dict(), indent=2))
+    run_cli(ChatSFTConfig, main, __doc__.splitlines()[0] if __doc__ else None)

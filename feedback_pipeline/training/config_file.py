@@ -23,3 +23,16 @@ class JsonConfig:
     @classmethod
     def from_json_file(cls, path: str | Path):
         return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def run_cli(config_cls: type, main, description: str | None, argv=None) -> None:
+    """``python -m <trainer> --config cfg.json``: train, then print the result as JSON on stdout."""
+    import argparse
+    import logging
+    import sys
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config", required=True, help=f"JSON file whose keys are {config_cls.__name__} fields")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    print(json.dumps(main(config_cls.from_json_file(args.config)).to_dict(), indent=2))

@@ -16,15 +16,13 @@ the rows that have a negative).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
 import logging
 import math
-import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +30,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from feedback_pipeline.training.chat_sft import MlflowStepLogger
-from feedback_pipeline.training.config_file import JsonConfig
+from feedback_pipeline.training.config_file import JsonConfig, run_cli
 
 logger = logging.getLogger(__name__)
 
@@ -368,14 +366,5 @@ def register_embedder(run_id: str, model_dir: str, name: str, alias: str | None 
     return str(version.version)
 
 
-def _parse_args(argv: Iterable[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--config", required=True, help="JSON file whose keys are EmbedderConfig fields")
-    return parser.parse_args(None if argv is None else list(argv))
-
-
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    ns = _parse_args()
-    result = main(EmbedderConfig.from_json_file(ns.config))
-    print(json.dumps(result.to_dict(), indent=2))
+    run_cli(EmbedderConfig, main, __doc__.splitlines()[0] if __doc__ else None)
