@@ -19,6 +19,7 @@ from transformers import TrainerCallback
 from feedback_pipeline.datasets.build import InsufficientDataError, read_jsonl
 from feedback_pipeline.datasets.preference import build_dpo_dataset, dpo_pairs, prompt_key
 from feedback_pipeline.datasets.splits import leaked_prompts
+from feedback_pipeline.tracking.registry import use_tracking
 from feedback_pipeline.training.chat_preference import (
     PreferenceConfig,
     fit_prompt,
@@ -231,7 +232,7 @@ def kto_run(base_model_dir, tmp_path_factory):
     )
     lines: list[str] = []
     previous_uri = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(f"sqlite:///{work / 'mlflow.db'}")
+    use_tracking(f"sqlite:///{work / 'mlflow.db'}", str(work / "artifacts"), "test")
     try:
         with mlflow.start_run() as run:
             result = main(cfg, log=lines.append)

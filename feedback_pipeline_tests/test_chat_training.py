@@ -17,6 +17,7 @@ import torch
 
 from feedback_pipeline.training import base_model as base_model_mod
 from feedback_pipeline.training.base_model import MARKER_NAME, prepare_base_chat_model
+from feedback_pipeline.tracking.registry import use_tracking
 
 QA = [
     ("What is 2+2?", "2+2 equals 4.", 1.0),
@@ -57,7 +58,7 @@ def trained(base_model_dir, tmp_path_factory):
     )
     lines: list[str] = []
     previous_uri = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(f"sqlite:///{work / 'mlflow.db'}")
+    use_tracking(f"sqlite:///{work / 'mlflow.db'}", str(work / "artifacts"), "test")
     try:
         with mlflow.start_run() as run:
             result = main(cfg, log=lines.append)
