@@ -121,7 +121,8 @@ def test_classify_errors_each_rule_on_a_frame():
         {"query": "Long one", "response": LONG, "latency_ms": 9000.0},
     ])
     flags = classify_errors(df, similarity=np.r_[np.full(len(df) - 1, 0.6), 0.02])
-    assert list(flags.columns) == list(ERROR_TYPES) and (flags.dtypes == bool).all()
+    assert list(flags.columns) == list(ERROR_TYPES)
+    assert (flags.drop(columns="ignores_question").dtypes == bool).all() and flags["ignores_question"].dtype == "boolean"
     expect = {"refusal": [12], "truncated": [13], "too_short": [12, 14, 16], "wrong_language": [15],
               "repetition": [17], "ignores_question": [20], "tool_failure": [18, 19], "slow": [20]}
     for kind, rows in expect.items():
@@ -175,3 +176,15 @@ def test_summary_rates_and_examples():
     assert all(len(e) <= 160 for e in refusal["examples"])
     md = error_types_markdown(summary.reset_index())
     assert "| refusal | 8 | 6 | 75.0% (40.9%–92.9%) | 25.0% (8.9%–53.2%) |" in md
+
+
+def test_rows_without_similarity_count_on_neither_side():
+    rows = [{"query": "q", "response": LONG + str(i), "label": "disliked" if i < 4 else "liked"} for i in range(10)]
+    df = frame(rows)
+    # Rows 0-4 were embedded (row 0 ignores the question), rows 5-9 were sampled out.
+    similarity = np.r_[0.02, 0.5, 0.5, 0.5, 0.5, np.full(5, np.nan)]
+    flags = classify_errors(df, similarity=similarity)
+    assert flags["ignores_question"].isna().sum() == 5
+    row = error_type_summary(df, flags).set_index("type").loc["ignores_question"]
+    assert (row["n_flagged"], row["n_disliked_flagged"], row["n_unflagged"]) == (1, 1, 4)
+    assert row["dislike_rate_unflagged"] == pytest.approx(3 / 4)

@@ -8,7 +8,10 @@ from sklearn.metrics import adjusted_rand_score
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the model ships in a package; never reach for the hub
 
 from feedback_pipeline.analysis.embeddings import EmbeddingCache, encode_cached, model_identifier
-from feedback_pipeline.analysis.patterns import cluster_terms, cluster_texts, error_patterns, patterns_markdown
+from feedback_pipeline.analysis.error_analysis import analyse_errors
+from feedback_pipeline.analysis.patterns import (
+    cluster_terms, cluster_texts, embedding_sample, error_patterns, patterns_markdown,
+)
 
 TOPICS = {
     "bread": [
@@ -219,3 +222,47 @@ def test_large_inputs_take_the_two_stage_path_and_keep_planted_groups():
     vectors = centers[truth] + rng.normal(scale=0.02, size=(len(truth), 64))
     labels = cluster_texts(vectors, min_cluster_size=5)
     assert adjusted_rand_score(truth, labels) > 0.95
+
+
+def _rated(n: int, start: int = 0) -> pd.DataFrame:
+    return pd.DataFrame({"id": [f"fb-{i}" for i in range(start, start + n)],
+                         "label": ["disliked" if i % 4 == 0 else "liked" for i in range(start, start + n)]})
+
+
+def test_embedding_sample_is_uniform_and_stable_as_data_grows():
+    rated = _rated(4000)
+    assert embedding_sample(rated, None) is rated and embedding_sample(rated, 4000) is rated
+    sample = embedding_sample(rated, 1000)
+    assert len(sample) == 1000 and sample.index.is_monotonic_increasing
+    assert sample.equals(embedding_sample(rated.sample(frac=1.0, random_state=1), 1000))  # order-free
+    assert abs((sample["label"] == "disliked").mean() - 0.25) < 0.04  # labels sampled alike
+    # New feedback pushes some rows out but brings none of the old ones in.
+    grown = embedding_sample(pd.concat([rated, _rated(1000, start=4000)], ignore_index=True), 1000)
+    old_in_grown = set(grown["id"]) & set(rated["id"])
+    assert old_in_grown <= set(sample["id"]) and len(old_in_grown) > 700
+
+
+def test_sampled_analysis_embeds_only_the_sample(model):
+    rows = [_row("bread", q, "disliked", comment="") for q in TOPICS["bread"]] * 3
+    rows += [_row("python", q, "disliked") for q in TOPICS["python"]] * 3
+    rows += [_row("football", q, "liked") for q in TOPICS["football"]] * 3
+    df = _frame(rows)
+    seen = []
+
+    def embeddings_for(texts):
+        seen.extend(texts)
+        return model.encode(texts, normalize_embeddings=True)
+
+    patterns, summary = analyse_errors(df, embeddings_for, max_embedded=40, min_cluster_size=3)
+    rated = df[df["label"].isin(["liked", "disliked"])]
+    sample = embedding_sample(rated, 40)
+    allowed = set(sample["query"] + "\n\n" + sample["response"]) | set(sample["query"]) | set(sample["response"])
+    assert set(seen) <= allowed and len(sample) == 40
+    assert patterns.sample_fraction == pytest.approx(40 / len(rated)) and patterns.n_rated == len(rated)
+    assert patterns.n_disliked == int((sample["label"] == "disliked").sum())
+    assert {c.terms[0] for c in patterns.clusters} >= {"bread", "python"}
+    assert "uniform sample of 44.4% of the 90 rated answers" in patterns_markdown(patterns)
+    ignores = summary.set_index("type").loc["ignores_question"]
+    assert ignores["n_flagged"] + ignores["n_unflagged"] == 40  # checked on the sample only
+    refusal = summary.set_index("type").loc["refusal"]
+    assert refusal["n_flagged"] + refusal["n_unflagged"] == 90  # rules without a model see every row

@@ -178,11 +178,13 @@ def classify_errors(
         "repetition": response.map(repetition_ratio) >= repetition_threshold,
     }
     if similarity is None and embeddings_for is not None and len(df):
-        q, r = (np.asarray(embeddings_for(list(texts)), dtype=float) for texts in (query, response))
-        norms = np.linalg.norm(q, axis=1) * np.linalg.norm(r, axis=1)
-        similarity = (q * r).sum(axis=1) / np.where(norms == 0, 1.0, norms)
+        similarity = query_response_similarity(df, embeddings_for)
     if similarity is not None:
-        flags["ignores_question"] = pd.Series(np.asarray(similarity, dtype=float) < min_similarity, index=df.index)
+        # Nullable: a NaN similarity (a row left out of an embedding sample) is unchecked, not "fine".
+        sim = np.asarray(similarity, dtype=float)
+        flags["ignores_question"] = pd.Series(
+            pd.array([None if np.isnan(v) else bool(v < min_similarity) for v in sim], dtype="boolean"),
+            index=df.index)
     if "tools_called" in df or "metadata" in df:
         tools = df["tools_called"] if "tools_called" in df else pd.Series([[]] * len(df), index=df.index)
         meta = df["metadata"] if "metadata" in df else pd.Series([{}] * len(df), index=df.index)
@@ -193,7 +195,16 @@ def classify_errors(
     limit = slow_ms if slow_ms is not None else (latency.quantile(slow_quantile) if latency.count() >= 10 else None)
     if limit is not None and latency.count():
         flags["slow"] = latency > limit
-    return pd.DataFrame({k: flags[k].astype(bool) for k in ERROR_TYPES if k in flags}, index=df.index)
+    return pd.DataFrame({k: flags[k] if k == "ignores_question" else flags[k].astype(bool)
+                         for k in ERROR_TYPES if k in flags}, index=df.index)
+
+
+def query_response_similarity(df: pd.DataFrame, embeddings_for: Callable[[list[str]], np.ndarray]) -> np.ndarray:
+    """Cosine similarity of each row's query and response embeddings."""
+    q, r = (np.asarray(embeddings_for(df[column].fillna("").astype(str).tolist()), dtype=float)
+            for column in ("query", "response"))
+    norms = np.linalg.norm(q, axis=1) * np.linalg.norm(r, axis=1)
+    return (q * r).sum(axis=1) / np.where(norms == 0, 1.0, norms)
 
 
 def _wrong_language(query: str, response: str) -> bool:
@@ -212,7 +223,8 @@ def error_type_summary(df: pd.DataFrame, flags: pd.DataFrame, max_examples: int 
     """Per type, over rated rows: how many are flagged, and dislike rate flagged vs. unflagged (Wilson 95%).
 
     ``p_value`` is Fisher's exact test of the two rates. Examples are disliked flagged answers first, clipped
-    to 160 characters (text is redacted upstream). Types absent from ``flags`` appear with ``checked`` False.
+    to 160 characters (text is redacted upstream). Types absent from ``flags`` appear with ``checked`` False;
+    rows whose flag is NA (left out of an embedding sample) count on neither side.
     """
     rated = df["label"].isin(["liked", "disliked"])
     disliked = df["label"] == "disliked"
@@ -221,11 +233,12 @@ def error_type_summary(df: pd.DataFrame, flags: pd.DataFrame, max_examples: int 
         if kind not in flags:
             rows.append({"type": kind, "checked": False, "examples": []})
             continue
-        hit = flags[kind].reindex(df.index, fill_value=False).astype(bool)
-        k1, n1 = int((hit & disliked).sum()), int((hit & rated).sum())
-        k2, n2 = int((~hit & disliked).sum()), int((~hit & rated).sum())
+        column = flags[kind].reindex(df.index)
+        hit, checked = column.fillna(False).astype(bool), rated & column.notna()  # NA: not checked (sampled out)
+        k1, n1 = int((hit & checked & disliked).sum()), int((hit & checked).sum())
+        k2, n2 = int((~hit & checked & disliked).sum()), int((~hit & checked).sum())
         (lo1, hi1), (lo2, hi2) = wilson_interval(k1, n1), wilson_interval(k2, n2)
-        ranked = df[hit & rated].assign(_bad=disliked[hit & rated]).sort_values("_bad", ascending=False, kind="stable")
+        ranked = df[hit & checked].assign(_bad=disliked[hit & checked]).sort_values("_bad", ascending=False, kind="stable")
         rows.append({
             "type": kind, "checked": True, "n_flagged": n1, "n_disliked_flagged": k1,
             "dislike_rate_flagged": k1 / n1 if n1 else np.nan, "ci_low_flagged": lo1, "ci_high_flagged": hi1,

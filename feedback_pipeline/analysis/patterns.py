@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -43,8 +44,25 @@ class ErrorCluster:
 class ErrorPatterns:
     by_segment: dict[str, pd.DataFrame]
     clusters: list[ErrorCluster]
-    n_disliked: int
+    n_disliked: int  # disliked rows clustered (the sample's, when sampled)
     n_unclustered: int
+    sample_fraction: float = 1.0  # share of rated rows embedded; cluster counts scale by 1 / this
+    n_rated: int = 0  # rated rows in all
+
+
+def embedding_sample(rated: pd.DataFrame, max_rows: int | None) -> pd.DataFrame:
+    """``rated`` itself, or when it has more than ``max_rows`` rows, the uniform sample of the ``max_rows`` rows
+    with the smallest sha256 of their id.
+
+    Ranking by hash rather than drawing at random keeps the sample stable from run to run: a row once in stays
+    in until the data grows enough to push it out, so the embedding cache keeps serving it. Liked and disliked
+    rows are sampled at one rate, which leaves dislike rates (and their intervals) unbiased.
+    """
+    if max_rows is None or len(rated) <= max_rows:
+        return rated
+    keys = rated["id"].astype(str) if "id" in rated else pd.Series(rated.index.astype(str), index=rated.index)
+    ranks = keys.map(lambda k: hashlib.sha256(k.encode()).hexdigest())
+    return rated.loc[ranks.sort_values(kind="stable").index[:max_rows]].sort_index()
 
 
 def _normalise(vectors: np.ndarray) -> np.ndarray:
@@ -186,6 +204,7 @@ def error_patterns(
     max_examples: int = 3,
     distance_threshold: float = 0.8,
     assign_threshold: float | None = 0.5,
+    max_embedded: int | None = None,
 ) -> ErrorPatterns:
     """Dislikes by subject and intent, plus topic clusters of disliked query+response texts.
 
@@ -195,18 +214,24 @@ def error_patterns(
     disliked member) or ``assign_threshold``, whichever is lower. The fixed floor matters for tight
     clusters, such as one canned refusal to many questions, whose radius would shut out good answers
     to the same questions (their response text differs). ``None`` uses the radius alone.
+
+    Embedding is the cost (about 100 texts/s on two CPU cores), so above ``max_embedded`` rated rows the
+    clusters come from :func:`embedding_sample`; segment tables always use every row.
     """
     by_segment = {col: dislikes_by(df, col, max_examples) for col in ("subject", "intent")}
-    bad = df[df["label"] == "disliked"].reset_index(drop=True)
-    good = df[df["label"] == "liked"]
+    rated = df[df["label"].isin(["liked", "disliked"])]
+    sample = embedding_sample(rated, max_embedded)
+    fraction = len(sample) / len(rated) if len(rated) else 1.0
+    bad = sample[sample["label"] == "disliked"].reset_index(drop=True)
+    good = sample[sample["label"] == "liked"]
     if bad.empty:
-        return ErrorPatterns(by_segment, [], 0, 0)
+        return ErrorPatterns(by_segment, [], 0, 0, fraction, len(rated))
     texts = _row_text(bad)
     vectors = _normalise(embeddings_for(texts))
     labels = cluster_texts(vectors, min_cluster_size, distance_threshold)
     cids = [c for c in sorted(set(labels.tolist())) if c != -1]
     if not cids:
-        return ErrorPatterns(by_segment, [], len(bad), len(bad))
+        return ErrorPatterns(by_segment, [], len(bad), len(bad), fraction, len(rated))
     terms = cluster_terms(texts, labels)
     centroids = _normalise(np.stack([vectors[labels == c].mean(axis=0) for c in cids]))
     member_sims = [vectors[labels == c] @ centroids[i] for i, c in enumerate(cids)]
@@ -220,7 +245,7 @@ def error_patterns(
         for i, c in enumerate(cids)
     ]
     clusters.sort(key=lambda cl: (-cl.size, cl.id))
-    return ErrorPatterns(by_segment, clusters, len(bad), int((labels == -1).sum()))
+    return ErrorPatterns(by_segment, clusters, len(bad), int((labels == -1).sum()), fraction, len(rated))
 
 
 def _segment_markdown(column: str, table: pd.DataFrame) -> str:
@@ -260,5 +285,12 @@ def patterns_markdown(patterns: ErrorPatterns) -> str:
         f"{len(patterns.clusters)} topic clusters; the rest are one-offs. A cluster's dislike rate compares "
         "it with liked answers on the same topic.\n"
     )
+    if patterns.sample_fraction < 1:
+        share = patterns.sample_fraction
+        parts.append(
+            f"Clusters were found on a uniform sample of {share:.1%} of the {patterns.n_rated} rated answers, so "
+            f"counts below are sample counts: multiply by {1 / share:.1f} for the whole. Dislike rates and their "
+            "intervals need no scaling (liked and disliked rows were sampled alike).\n"
+        )
     parts += [_cluster_markdown(c) + "\n" for c in patterns.clusters]
     return "\n".join(parts)
