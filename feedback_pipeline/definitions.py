@@ -7,8 +7,8 @@ import dagster as dg
 from feedback_pipeline.defs import analysis, cleaning, datasets, embedding, evaluation, ingestion, preference, training
 from feedback_pipeline.defs.automation import (build_retraining_sensor, daily_cleaning_job, daily_cleaning_schedule,
                                                embedding_training_job, error_analysis_job, preference_training_job,
-                                               retraining_job, weekly_error_analysis_schedule,
-                                               weekly_retraining_schedule)
+                                               retraining_job, weekly_dataset_job, weekly_dataset_schedule,
+                                               weekly_error_analysis_schedule, weekly_retraining_schedule)
 from feedback_pipeline.defs.resources import FeedbackStoreResource, MlflowResource, WorkspaceResource
 from feedback_pipeline.settings import Settings, load_settings
 
@@ -32,8 +32,9 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         assets=dg.load_assets_from_modules(_MODULES),
         asset_checks=dg.load_asset_checks_from_modules(_MODULES),
         jobs=[retraining_job, daily_cleaning_job, error_analysis_job, preference_training_job,
-              embedding_training_job],
-        schedules=[weekly_retraining_schedule, daily_cleaning_schedule, weekly_error_analysis_schedule],
+              embedding_training_job, weekly_dataset_job],
+        schedules=[weekly_retraining_schedule, daily_cleaning_schedule, weekly_error_analysis_schedule,
+                   weekly_dataset_schedule],
         sensors=[build_retraining_sensor(settings.retrain_min_new_feedback)],
         resources=build_resources(settings),
     )

@@ -77,5 +77,5 @@ def test_every_definition_loads():
         assert candidate.resolve_job_def("retraining_job") is not None
         assert {s.name for s in repo.sensor_defs} == {"new_feedback_sensor"}
         assert {s.name for s in repo.schedule_defs} == {"weekly_retraining_schedule", "daily_cleaning_schedule",
-                                                            "weekly_error_analysis_schedule"}
+                                                            "weekly_error_analysis_schedule", "weekly_dataset_schedule"}
         assert "check_candidate_not_worse" in {key.name for key in repo.asset_graph.asset_check_keys}

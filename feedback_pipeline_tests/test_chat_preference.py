@@ -24,8 +24,8 @@ from feedback_pipeline.training.chat_preference import (
     PreferenceConfig,
     fit_prompt,
     kto_class_weights,
-    last_complete_checkpoint,
 )
+from feedback_pipeline.training.checkpoints import last_complete_checkpoint
 
 # (question, good answer, bad answer)
 QA = [

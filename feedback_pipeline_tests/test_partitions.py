@@ -5,8 +5,12 @@ from datetime import date, datetime, timezone
 import dagster as dg
 import sqlalchemy as sa
 
+import json
+from pathlib import Path
+
 from feedback_pipeline.defs.cleaning import daily_cleaned_feedback
-from feedback_pipeline.defs.resources import FeedbackStoreResource
+from feedback_pipeline.defs.datasets import weekly_kto_dataset, weekly_sft_dataset
+from feedback_pipeline.defs.resources import FeedbackStoreResource, WorkspaceResource
 from feedback_pipeline.ingestion.records import normalise_record
 from feedback_pipeline.store.cleaned import CLEANED, read_cleaned
 from feedback_pipeline_tests.conftest import feedback
@@ -53,3 +57,32 @@ def test_a_day_whose_rows_were_erased_is_emptied(store):
     store.delete_user("u1")
     meta = _materialize(store, "2025-06-05")
     assert meta["rows_written"].value == 0 and read_cleaned(store).empty
+
+
+def test_weekly_datasets_hold_exactly_their_weeks_feedback(store, tmp_path):
+    # Two weeks (Mon 2025-06-02 .. Sun 06-15) of 30 rated rows each, one conversation per row.
+    records = [normalise_record(feedback(query=f"How do I fix error {week}-{i}?", response=f"Restart service {i}.",
+                                         session_id=f"s{week}-{i}", user_id=f"u{week}-{i}",
+                                         rating="up" if i % 3 else "down",
+                                         created_at=datetime(2025, 6, 2 + 7 * week + i % 7, 9, tzinfo=timezone.utc).isoformat()),
+                                "t") for week in (0, 1) for i in range(30)]
+    store.write(records)
+    resources = {"feedback_store": FeedbackStoreResource(db_url=store.url),
+                 "workspace": WorkspaceResource(data_dir=str(tmp_path / "data"))}
+    days = dg.materialize([daily_cleaned_feedback], resources=resources,  # one run over the range, as a backfill
+                          tags={"dagster/asset_partition_range_start": "2025-06-02",
+                                "dagster/asset_partition_range_end": "2025-06-15"})
+    assert days.success
+    config = {"ops": {name: {"config": {"min_train_examples": 5, "eval_fraction": 0.3}}
+                      for name in ("weekly_sft_dataset", "weekly_kto_dataset")}}
+    result = dg.materialize([weekly_sft_dataset, weekly_kto_dataset], partition_key="2025-06-09", resources=resources,
+                            run_config=config)
+    assert result.success
+    built = result.output_for_node("weekly_kto_dataset")
+    manifest = json.loads((Path(built["directory"]) / "manifest.json").read_text())
+    ids = set(manifest["feedback_ids"]["train"] + manifest["feedback_ids"]["eval"])
+    week_two = set(read_cleaned(store, date(2025, 6, 9), date(2025, 6, 16))["id"])
+    assert ids == week_two and len(ids) == 30
+    assert "kto_weekly/2025-06-09" in built["directory"]
+    sft = result.output_for_node("weekly_sft_dataset")
+    assert sft["counts"]["train"] + sft["counts"]["eval"] == 20  # the liked two thirds

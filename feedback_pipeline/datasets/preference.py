@@ -26,8 +26,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from feedback_pipeline.datasets.build import BuiltDataset, _watermark, prompt_messages, write_dataset
-from feedback_pipeline.datasets.splits import assign_split
+from feedback_pipeline.datasets.build import BuiltDataset, _watermark, prompt_messages, split_rows, usable_rows, write_dataset
 
 
 def _norm(text: str) -> str:
@@ -50,12 +49,6 @@ def _rank_of(metadata) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _usable(df: pd.DataFrame) -> pd.DataFrame:
-    if "exclude_from_training" in df:
-        df = df[~df["exclude_from_training"].fillna(False).astype(bool)]
-    return df
-
-
 def _pair(prompt, chosen, rejected, source: str) -> dict:
     return {"prompt": prompt,
             "chosen": [{"role": "assistant", "content": chosen.response}],
@@ -70,7 +63,7 @@ def dpo_pairs(df: pd.DataFrame) -> list[dict]:
     ``df`` needs ``id``, ``query``, ``history``, ``response``; ``metadata`` (with ``rank``/``parent_id``) for rank
     pairs and ``label`` ('liked'/'disliked') for thumbs pairs. Rows flagged ``exclude_from_training`` are skipped.
     """
-    df = _usable(df)
+    df = usable_rows(df)
     rows = list(df.itertuples(index=False))
     prompts = [prompt_messages(r) for r in rows]
     keys = [prompt_key(p) for p in prompts]
@@ -114,13 +107,14 @@ def dpo_pairs(df: pd.DataFrame) -> list[dict]:
     return pairs
 
 
-def split_pairs(df: pd.DataFrame, pairs: list[dict], eval_fraction: float = 0.15) -> dict[str, list[dict]]:
-    """Train/eval pairs, each on the side of its prompt group (``assign_split`` over all of ``df``).
+def split_pairs(rows: pd.DataFrame, pairs: list[dict]) -> dict[str, list[dict]]:
+    """Train/eval pairs, each on the side of its rows (``rows`` from :func:`build.split_rows`, the split SFT and
+    KTO use too).
 
     Both responses of a pair share the query, so they always fall in the same group; a pair whose two rows
     disagree would mean a bug and raises.
     """
-    side = dict(zip(df["id"], assign_split(df, eval_fraction))) if len(df) else {}
+    side = dict(zip(rows["id"], rows["split"])) if len(rows) else {}
     by_split: dict[str, list[dict]] = {"train": [], "eval": []}
     for pair in pairs:
         chosen, rejected = side[pair["chosen_id"]], side[pair["rejected_id"]]
@@ -131,13 +125,15 @@ def split_pairs(df: pd.DataFrame, pairs: list[dict], eval_fraction: float = 0.15
 
 
 def build_dpo_dataset(cleaned_df: pd.DataFrame, root: Path, eval_fraction: float = 0.15,
-                      min_train_examples: int = 20) -> BuiltDataset:
+                      min_train_examples: int = 20, split_by_user: bool = True, max_file_mb: float = 50.0,
+                      name: str = "dpo") -> BuiltDataset:
     """Write ``<root>/dpo/<fingerprint>/{train,eval}.jsonl`` of preference pairs, split by prompt group.
 
-    Unrated rows stay in: a ranked sibling needs no thumb. The split is computed over every usable row, so a
-    prompt's side does not depend on which of its responses happened to be paired.
+    Unrated rows stay in: a ranked sibling needs no thumb. The split is :func:`build.split_rows` over every usable
+    row, as for SFT and KTO, so a prompt's side does not depend on which of its responses happened to be paired.
     """
-    rows = _usable(cleaned_df)
-    by_split = split_pairs(rows, dpo_pairs(rows), eval_fraction)
-    return write_dataset("dpo", Path(root), by_split, lambda r: r["source"], {"eval_fraction": eval_fraction},
-                         _watermark(cleaned_df), min_train_examples)
+    rows = split_rows(cleaned_df, eval_fraction, split_by_user)
+    by_split = split_pairs(rows, dpo_pairs(rows))
+    return write_dataset(name, Path(root), by_split, lambda r: r["source"],
+                         {"eval_fraction": eval_fraction, "split_by_user": split_by_user, "max_file_mb": max_file_mb},
+                         _watermark(cleaned_df), min_train_examples, max_file_mb)

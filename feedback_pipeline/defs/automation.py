@@ -7,11 +7,13 @@ import dagster as dg
 
 from feedback_pipeline.defs.resources import FeedbackStoreResource
 
+WEEKLY_DATASETS = ("weekly_sft_dataset", "weekly_kto_dataset")
+
 # In-process: on a small machine a subprocess per step costs more (imports of torch, transformers ...)
 # than most steps themselves, and training steps must not compete for the same cores anyway.
 retraining_job = dg.define_asset_job(
     "retraining_job",
-    selection=dg.AssetSelection.all() - dg.AssetSelection.assets("daily_cleaned_feedback")
+    selection=dg.AssetSelection.all() - dg.AssetSelection.assets("daily_cleaned_feedback", *WEEKLY_DATASETS)
     - dg.AssetSelection.groups("preference", "embedding"),
     executor_def=dg.in_process_executor,
     description="Feedback -> cleaned -> reports -> datasets -> LoRA adapter -> evaluation -> registered challenger.")
@@ -33,6 +35,14 @@ daily_cleaning_job = dg.define_asset_job(
 # Each day at 00:30 UTC, clean the day that just ended.
 daily_cleaning_schedule = dg.build_schedule_from_partitioned_job(daily_cleaning_job, minute_of_hour=30,
                                                                   name="daily_cleaning_schedule")
+
+weekly_dataset_job = dg.define_asset_job(
+    "weekly_dataset_job", selection=dg.AssetSelection.assets(*WEEKLY_DATASETS),
+    description="The week's SFT and KTO sets from the cleaned_feedback table (one partition per week).")
+
+# Mondays at 01:30 UTC, after the daily cleaning of Sunday, build the week that just ended.
+weekly_dataset_schedule = dg.build_schedule_from_partitioned_job(weekly_dataset_job, hour_of_day=1, minute_of_hour=30,
+                                                                  name="weekly_dataset_schedule")
 
 error_analysis_job = dg.define_asset_job(
     "error_analysis_job", executor_def=dg.in_process_executor,

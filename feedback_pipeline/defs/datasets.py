@@ -1,5 +1,6 @@
-"""sft_dataset and kto_dataset: fingerprinted JSONL training sets, split by conversation."""
+"""sft_dataset and kto_dataset (all time, rolling) and their weekly partitions: fingerprinted JSONL training sets."""
 
+from datetime import date
 
 import dagster as dg
 import pandas as pd
@@ -8,15 +9,34 @@ from pydantic import Field
 from feedback_pipeline.datasets.build import BuiltDataset, SFTPolicy, build_kto_dataset, build_sft_dataset, read_jsonl
 from feedback_pipeline.datasets.splits import leaked_prompts
 from feedback_pipeline.defs.checks import no_identifiers
-from feedback_pipeline.defs.resources import WorkspaceResource
+from feedback_pipeline.defs.cleaning import daily_cleaned_feedback
+from feedback_pipeline.defs.resources import FeedbackStoreResource, WorkspaceResource
+from feedback_pipeline.store.cleaned import read_cleaned
+
+# Weeks start on Monday 00:00 UTC; each partition reads the days daily_cleaned_feedback wrote for that week.
+WEEKLY = dg.WeeklyPartitionsDefinition(start_date="2023-01-02", day_offset=1, timezone="UTC")
 
 
 class SFTDatasetConfig(dg.Config):
-    liked_weight: float = Field(2.0, description="Loss weight of a liked response.")
+    liked_weight: float = Field(2.0, description="Loss weight of a liked response (before the factors below).")
     disliked_weight: float = Field(0.5, description="Loss weight of a disliked response, when included.")
     include_disliked: bool = Field(False, description="Also imitate disliked responses (down-weighted).")
+    min_strength: float = Field(0.25, description="Floor of the |rating| factor (stars, net vote agreement).")
+    rater_bonus: float = Field(0.25, description="Weight added per doubling of agreeing raters.")
+    max_support: float = Field(2.0, description="Cap of the rater-count factor.")
+    recency_half_life_days: float | None = Field(180.0, description="Age at which a row weighs half; None: no decay.")
+    min_recency: float = Field(0.25, description="Floor of the recency factor.")
     eval_fraction: float = Field(0.15, description="Share of conversations held out for evaluation.")
+    split_by_user: bool = Field(True, description="Keep each user's rows on one side where that is possible.")
     min_train_examples: int = Field(20, description="Stop with an error below this many training examples.")
+    max_file_mb: float = Field(50.0, description="Cap per JSONL file; the lowest-weight records are dropped first.")
+
+
+class KTODatasetConfig(dg.Config):
+    eval_fraction: float = Field(0.15, description="Share of conversations held out for evaluation.")
+    split_by_user: bool = Field(True, description="Keep each user's rows on one side where that is possible.")
+    min_train_examples: int = Field(20, description="Stop with an error below this many training examples.")
+    max_file_mb: float = Field(50.0, description="Cap per JSONL file.")
 
 
 def describe_dataset(context: dg.AssetExecutionContext, built: BuiltDataset) -> dict:
@@ -25,6 +45,7 @@ def describe_dataset(context: dg.AssetExecutionContext, built: BuiltDataset) -> 
         "train_rows": built.counts.get("train", 0),
         "eval_rows": built.counts.get("eval", 0),
         "label_balance": dg.MetadataValue.json(built.label_balance),
+        "stats": dg.MetadataValue.json(built.stats),
         "data_watermark": built.data_watermark or "none",
         "directory": dg.MetadataValue.path(str(built.directory)),
     })
@@ -34,7 +55,7 @@ def describe_dataset(context: dg.AssetExecutionContext, built: BuiltDataset) -> 
 
 
 @dg.asset(group_name="datasets", kinds={"json"},
-          description="OpenAI chat JSONL of liked responses with per-example weights (train/eval).")
+          description="All-time rolling OpenAI chat JSONL of liked responses with per-example weights (train/eval).")
 def sft_dataset(context: dg.AssetExecutionContext, config: SFTDatasetConfig, cleaned_feedback: pd.DataFrame,
                 workspace: WorkspaceResource) -> dict:
     policy = SFTPolicy(**config.model_dump())
@@ -42,10 +63,36 @@ def sft_dataset(context: dg.AssetExecutionContext, config: SFTDatasetConfig, cle
 
 
 @dg.asset(group_name="datasets", kinds={"json"},
-          description="prompt / completion / label records of every rated response (train/eval).")
-def kto_dataset(context: dg.AssetExecutionContext, cleaned_feedback: pd.DataFrame,
+          description="All-time rolling prompt / completion / label records of every rated response (train/eval).")
+def kto_dataset(context: dg.AssetExecutionContext, config: KTODatasetConfig, cleaned_feedback: pd.DataFrame,
                 workspace: WorkspaceResource) -> dict:
-    return describe_dataset(context, build_kto_dataset(cleaned_feedback, workspace.path("datasets")))
+    return describe_dataset(context, build_kto_dataset(cleaned_feedback, workspace.path("datasets"),
+                                                       **config.model_dump()))
+
+
+def _week(context: dg.AssetExecutionContext, store: FeedbackStoreResource) -> tuple[date, pd.DataFrame]:
+    window = context.partition_time_window
+    start, end = window.start.date(), window.end.date()
+    return start, read_cleaned(store.store(), start, end)
+
+
+@dg.asset(group_name="datasets", kinds={"json"}, partitions_def=WEEKLY, deps=[daily_cleaned_feedback],
+          description="One week's SFT set (the week's feedback from the cleaned_feedback table), same policy.")
+def weekly_sft_dataset(context: dg.AssetExecutionContext, config: SFTDatasetConfig,
+                       feedback_store: FeedbackStoreResource, workspace: WorkspaceResource) -> dict:
+    start, rows = _week(context, feedback_store)
+    built = build_sft_dataset(rows, workspace.path("datasets"), SFTPolicy(**config.model_dump()),
+                              name=f"sft_weekly/{start}")
+    return describe_dataset(context, built)
+
+
+@dg.asset(group_name="datasets", kinds={"json"}, partitions_def=WEEKLY, deps=[daily_cleaned_feedback],
+          description="One week's KTO set (the week's feedback from the cleaned_feedback table).")
+def weekly_kto_dataset(context: dg.AssetExecutionContext, config: KTODatasetConfig,
+                       feedback_store: FeedbackStoreResource, workspace: WorkspaceResource) -> dict:
+    start, rows = _week(context, feedback_store)
+    built = build_kto_dataset(rows, workspace.path("datasets"), **config.model_dump(), name=f"kto_weekly/{start}")
+    return describe_dataset(context, built)
 
 
 def _prompts(records: list[dict]) -> list[str]:

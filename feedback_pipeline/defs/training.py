@@ -1,6 +1,8 @@
 """base_chat_model and chat_adapter: the model we start from and its LoRA fine-tune, tracked in MLflow."""
 
 
+import hashlib
+import json
 from dataclasses import asdict
 
 import dagster as dg
@@ -32,6 +34,11 @@ class ChatTrainingConfig(dg.Config):
     eval_during_training: bool = Field(
         False, description="Also report the weighted NLL of the SFT eval split (chat_model_evaluation scores "
                            "held-out feedback either way; this costs a full pass over the eval split).")
+    early_stopping_patience: int | None = Field(
+        None, description="Evaluate every eval_steps and stop after this many evaluations without improvement, "
+                          "keeping the best checkpoint (None: train all max_steps).")
+    eval_steps: int = Field(10, description="Steps between evaluations (with early stopping).")
+    save_steps: int = Field(10, description="Steps between resumable checkpoints.")
 
 
 @dg.asset(group_name="training", kinds={"pytorch", "mlflow"},
@@ -39,13 +46,18 @@ class ChatTrainingConfig(dg.Config):
 def chat_adapter(context: dg.AssetExecutionContext, config: ChatTrainingConfig, sft_dataset: dict,
                  base_chat_model: dict, workspace: WorkspaceResource, mlflow_tracking: MlflowResource) -> dict:
     mlflow_tracking.activate()
-    tag = f"{sft_dataset['fingerprint'][:12]}-{context.run.run_id[:8]}"
+    # Same data + config = same folder, so a re-run after a killed run resumes from its last checkpoint.
+    config_hash = hashlib.sha256(json.dumps(config.model_dump(), sort_keys=True).encode()).hexdigest()[:8]
+    tag = f"{sft_dataset['fingerprint'][:12]}-{config_hash}"
+    early = config.early_stopping_patience is not None
     cfg = ChatSFTConfig(
         base_model_path=base_chat_model["path"], train_file=sft_dataset["train_file"],
-        eval_file=sft_dataset["eval_file"] if config.eval_during_training else None, output_dir=str(workspace.path("models", "chat_adapters", tag)),
+        eval_file=sft_dataset["eval_file"] if config.eval_during_training or early else None,
+        output_dir=str(workspace.path("models", "chat_adapters", tag)),
         max_steps=config.max_steps, per_device_train_batch_size=config.batch_size,
         learning_rate=config.learning_rate, lora_r=config.lora_r, lora_alpha=config.lora_alpha,
-        max_length=config.max_length, seed=config.seed)
+        max_length=config.max_length, seed=config.seed, early_stopping_patience=config.early_stopping_patience,
+        eval_steps=config.eval_steps, save_steps=config.save_steps, resume=True)
     with mlflow.start_run(run_name=f"chat-sft-{tag}") as run:
         mlflow.set_tags({"stage": "chat_sft", "dagster_run_id": context.run.run_id})
         mlflow.log_params({**{k: v for k, v in asdict(cfg).items() if k != "lora_target_modules"},
@@ -58,6 +70,7 @@ def chat_adapter(context: dg.AssetExecutionContext, config: ChatTrainingConfig, 
         mlflow.log_metrics(summary)
         mlflow.log_artifacts(result.adapter_dir, artifact_path="adapter")
     context.add_output_metadata({**summary, "steps": result.steps, "mlflow_run_id": run.info.run_id,
+                                 "stopped_early": result.stopped_early, "resumed_from": result.resumed_from or "none",
                                  "trainable_params": result.trainable_params,
                                  "adapter_dir": dg.MetadataValue.path(result.adapter_dir)})
     return {"adapter_dir": result.adapter_dir, "run_id": run.info.run_id, "base_model_path": cfg.base_model_path,

@@ -147,8 +147,12 @@ class FeedbackStore:
         return int(count), _utc(newest)
 
     def delete_user(self, user_id: str) -> int:
-        """Erase every record of one user (right to erasure); returns rows deleted."""
+        """Erase every record of one user (right to erasure), raw and cleaned, in one transaction; returns the raw
+        rows deleted. Datasets built afterwards cannot contain them; older dataset folders are not touched."""
+        from feedback_pipeline.store.cleaned import CLEANED  # it builds on this module's FEEDBACK table
+
         with self.engine.begin() as conn:
+            conn.execute(sa.delete(CLEANED).where(CLEANED.c.user_id == user_id))
             return conn.execute(sa.delete(FEEDBACK).where(FEEDBACK.c.user_id == user_id)).rowcount
 
 

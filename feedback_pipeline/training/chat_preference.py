@@ -34,18 +34,13 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from feedback_pipeline.training.chat_sft import (
-    TRAINING_CONFIG_NAME,
-    MlflowStepLogger,
-    ProgressReporter,
-    _sha256,
-)
+from feedback_pipeline.training.chat_sft import MlflowStepLogger, ProgressReporter, _sha256, validate_early_stopping
+from feedback_pipeline.training.checkpoints import TRAINING_CONFIG_NAME, CheckpointStory, check_resumable, resume_point
 from feedback_pipeline.training.config_file import JsonConfig, run_cli
 
 logger = logging.getLogger(__name__)
 
 METHODS = ("kto", "dpo")
-CHECKPOINT_PREFIX = "checkpoint-"
 # KTO paper, eq. 8: weights with lambda_D * n_D / (lambda_U * n_U) in [1, 4/3]; aim at the middle of that range.
 KTO_TARGET_RATIO = 7 / 6
 
@@ -148,16 +143,7 @@ class PreferenceConfig(JsonConfig):
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value > 0):
                 raise ValueError(f"PreferenceConfig.{name} must be a positive number, got {value!r}")
-        if self.early_stopping_patience is not None:
-            if self.early_stopping_patience < 1:
-                raise ValueError("early_stopping_patience must be >= 1 (or None to train all max_steps)")
-            if not self.eval_file:
-                raise ValueError("early_stopping_patience needs an eval_file to compute eval_loss on")
-            if self.save_steps % self.eval_steps:
-                # transformers' load_best_model_at_end can only pick among evaluated checkpoints.
-                raise ValueError(f"with early stopping, save_steps ({self.save_steps}) must be a multiple of "
-                                 f"eval_steps ({self.eval_steps})")
-
+        validate_early_stopping(self)
 
 
 @dataclass(frozen=True)
@@ -305,65 +291,6 @@ class PreferenceProgress(ProgressReporter):
             self.log(f"step {state.global_step}: eval_loss {logs['eval_loss']:.4f}")
 
 
-class _CheckpointStory(TrainerCallback):
-    """Writes training_config.json (config, step, data fingerprint, base model) into every checkpoint, last, so that
-    its presence marks the checkpoint as complete; also keeps the last token count trl logged in this run."""
-
-    def __init__(self, story: Callable[[int], dict[str, Any]]):
-        self.story = story
-        self.tokens = 0
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs and isinstance(logs.get("num_tokens"), (int, float)):
-            self.tokens = int(logs["num_tokens"])
-
-    def on_save(self, args, state, control, **kwargs):
-        folder = Path(args.output_dir) / f"{CHECKPOINT_PREFIX}{state.global_step}"
-        if folder.is_dir():
-            (folder / TRAINING_CONFIG_NAME).write_text(json.dumps(self.story(state.global_step), indent=2))
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Checkpoints
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-def _checkpoints(output_dir: Path) -> list[Path]:
-    found = []
-    for path in output_dir.glob(f"{CHECKPOINT_PREFIX}*"):
-        suffix = path.name[len(CHECKPOINT_PREFIX):]
-        if path.is_dir() and suffix.isdigit():
-            found.append(path)
-    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
-
-
-def last_complete_checkpoint(output_dir: str | Path) -> Path | None:
-    """The newest checkpoint with both trainer_state.json and our training_config.json (written last)."""
-    for path in reversed(_checkpoints(Path(output_dir))):
-        if (path / "trainer_state.json").is_file() and (path / TRAINING_CONFIG_NAME).is_file():
-            return path
-    return None
-
-
-def _check_resumable(checkpoint: Path, cfg: PreferenceConfig, train_sha: str, base: Path) -> None:
-    story = json.loads((checkpoint / TRAINING_CONFIG_NAME).read_text())
-    if story["config"]["max_steps"] != cfg.max_steps:
-        # The optimizer state restores the learning rate the old schedule had reached (0 at its end), so the first
-        # resumed step runs at that rate; only the steps after it follow the new schedule.
-        logger.warning("resuming a run planned for %s steps with max_steps=%s: the first resumed step uses the old "
-                       "schedule's learning rate (0 if that run had finished)", story["config"]["max_steps"],
-                       cfg.max_steps)
-    mismatches = {
-        "method": (story["config"]["method"], cfg.method),
-        "train_file_sha256": (story["train_file_sha256"], train_sha),
-        "base_model_path": (story["base_model_path"], str(base.resolve())),
-    }
-    bad = {k: v for k, v in mismatches.items() if v[0] != v[1]}
-    if bad:
-        raise ValueError(f"cannot resume from {checkpoint}: it was trained with different {sorted(bad)} "
-                         f"({bad}); use a new output_dir")
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # Entry point
 # ---------------------------------------------------------------------------------------------------------------------
@@ -397,16 +324,10 @@ def main(
     out = Path(cfg.output_dir)
     train_sha = _sha256(cfg.train_file)
 
-    resume_from = None
-    if _checkpoints(out):
-        if not cfg.resume:
-            raise FileExistsError(f"{out} already holds checkpoints: set resume=True to continue that run, or use an "
-                                  "empty output_dir")
-        resume_from = last_complete_checkpoint(out)
-        if resume_from is None:
-            log(f"no complete checkpoint in {out}: training from the start")
-        else:
-            _check_resumable(resume_from, cfg, train_sha, base)
+    resume_from = resume_point(out, cfg.resume, log)
+    if resume_from is not None:
+        check_resumable(resume_from, {"method": cfg.method, "train_file_sha256": train_sha,
+                                      "base_model_path": str(base.resolve())}, cfg.max_steps)
 
     train_rows = load_preference_records(cfg.train_file, cfg.method)
     eval_rows = load_preference_records(cfg.eval_file, cfg.method) if cfg.eval_file else None
@@ -493,7 +414,7 @@ def main(
                 "n_train_examples": len(trainer.train_dataset), "desirable_weight": desirable,
                 "undesirable_weight": undesirable}
 
-    checkpoint_story = _CheckpointStory(story)
+    checkpoint_story = CheckpointStory(story)
     callbacks = [PreferenceMlflowLogger(), PreferenceProgress(log, cfg.method), checkpoint_story]
     if early:
         callbacks.append(EarlyStoppingCallback(cfg.early_stopping_patience, cfg.early_stopping_threshold))

@@ -35,12 +35,12 @@ import torch
 from transformers import TrainerCallback
 from trl import SFTTrainer
 
+from feedback_pipeline.training.checkpoints import TRAINING_CONFIG_NAME, CheckpointStory, check_resumable, resume_point
 from feedback_pipeline.training.config_file import JsonConfig, run_cli
 
 logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
-TRAINING_CONFIG_NAME = "training_config.json"
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -79,6 +79,22 @@ class ChatSFTConfig(JsonConfig):
     )
     seed: int = field(default=42, metadata={"help": "Seed for LoRA init, dropout and data order."})
     logging_steps: int = field(default=1, metadata={"help": "Log loss (progress, MLflow) every N optimizer steps."})
+    eval_steps: int = field(default=10, metadata={"help": "Evaluate eval_file every N steps (when given)."})
+    early_stopping_patience: int | None = field(
+        default=None,
+        metadata={"help": "Stop after this many evaluations without eval_loss improvement, then keep the best "
+                          "checkpoint (needs eval_file; save_steps must be a multiple of eval_steps)."},
+    )
+    early_stopping_threshold: float = field(
+        default=0.0, metadata={"help": "Minimum eval_loss decrease that counts as an improvement."}
+    )
+    save_steps: int = field(default=10, metadata={"help": "Write a resumable checkpoint every N steps."})
+    save_total_limit: int = field(
+        default=2, metadata={"help": "Checkpoints kept (oldest deleted first; the best one is always kept)."}
+    )
+    resume: bool = field(
+        default=False, metadata={"help": "Continue from the last complete checkpoint in output_dir, if any."}
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.lora_target_modules, str):
@@ -87,11 +103,27 @@ class ChatSFTConfig(JsonConfig):
         if self.eval_file == "":
             self.eval_file = None
         for name in ("max_steps", "per_device_train_batch_size", "gradient_accumulation_steps", "lora_r", "max_length",
-                     "logging_steps"):
+                     "logging_steps", "eval_steps", "save_steps", "save_total_limit"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"ChatSFTConfig.{name} must be >= 1, got {getattr(self, name)!r}")
         if not self.lora_target_modules:
             raise ValueError("ChatSFTConfig.lora_target_modules is empty")
+        validate_early_stopping(self)
+
+
+def validate_early_stopping(cfg: Any) -> None:
+    """Shared by the SFT and preference configs: early stopping needs evaluations and checkpoints that line up."""
+    if cfg.early_stopping_patience is None:
+        return
+    name = type(cfg).__name__
+    if cfg.early_stopping_patience < 1:
+        raise ValueError(f"{name}.early_stopping_patience must be >= 1 (or None to train all max_steps)")
+    if not cfg.eval_file:
+        raise ValueError(f"{name}.early_stopping_patience needs an eval_file to compute eval_loss on")
+    if cfg.save_steps % cfg.eval_steps:
+        # transformers' load_best_model_at_end can only pick among evaluated checkpoints.
+        raise ValueError(f"with early stopping, save_steps ({cfg.save_steps}) must be a multiple of eval_steps "
+                         f"({cfg.eval_steps})")
 
 
 
@@ -105,6 +137,9 @@ class ChatSFTResult:
     train_runtime_s: float
     trainable_params: int
     weights_changed: bool  # any LoRA parameter differs from its initial value after training
+    stopped_early: bool = False  # early stopping ended the run before max_steps
+    resumed_from: str | None = None  # the checkpoint this run continued from
+    best_checkpoint: str | None = None  # with early stopping: the checkpoint whose adapter was kept
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -374,13 +409,19 @@ def main(
     """Train a LoRA adapter on ``cfg.train_file`` and save it to ``cfg.output_dir``. Raises on empty data or NaN."""
     from datasets import Dataset
     from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer, EarlyStoppingCallback, PrinterCallback
     from trl import SFTConfig
 
     log = log or logger.info
     base = Path(cfg.base_model_path)
     if not (base / "config.json").is_file():
         raise FileNotFoundError(f"base_model_path {cfg.base_model_path!r} is not a local HF model folder")
+    out = Path(cfg.output_dir)
+    train_sha = _sha256(cfg.train_file)
+    resume_from = resume_point(out, cfg.resume, log)
+    if resume_from is not None:
+        check_resumable(resume_from, {"train_file_sha256": train_sha, "base_model_path": str(base.resolve())},
+                        cfg.max_steps)
 
     train_rows = load_chat_examples(cfg.train_file)
     if not train_rows:
@@ -402,6 +443,7 @@ def main(
         tokenizer.pad_token = tokenizer.eos_token
     # fp32: trl would default to fp32 as well; bf16 on CPU is slow and lossy for a 135M model.
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    early = cfg.early_stopping_patience is not None
 
     args = SFTConfig(
         output_dir=cfg.output_dir,
@@ -420,8 +462,16 @@ def main(
         activation_checkpointing=False,  # transformers 5 name; `gradient_checkpointing` is its deprecated alias
         use_cpu=not torch.cuda.is_available(),
         report_to=[],  # the caller logs to MLflow through MlflowStepLogger, inside its own run
-        save_strategy="no",  # only the final adapter is kept, saved below
-        eval_strategy="no",  # eval loss is computed once at the end, exactly weighted
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=cfg.save_total_limit,
+        # Periodic evaluations (batch means of the weighted loss) drive early stopping; the reported eval_loss is
+        # computed once at the end, exactly weighted over the whole file.
+        eval_strategy="steps" if early else "no",
+        eval_steps=cfg.eval_steps if early else None,
+        load_best_model_at_end=early,
+        metric_for_best_model="eval_loss" if early else None,
+        greater_is_better=False if early else None,
         dataloader_num_workers=0,
         disable_tqdm=True,  # ProgressReporter gives one line per logging step instead
         completion_only_loss=True,
@@ -434,6 +484,11 @@ def main(
         bias="none",
         task_type="CAUSAL_LM",
     )
+    def story(step: int) -> dict[str, Any]:
+        return {"config": asdict(cfg), "steps": step, "base_model_path": str(base.resolve()),
+                "train_file_sha256": train_sha, "n_train_examples": len(train_rows)}
+
+    story_callback = CheckpointStory(story)
     trainer = WeightedSFTTrainer(
         model=model,
         args=args,
@@ -441,7 +496,8 @@ def main(
         eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
         processing_class=tokenizer,
         peft_config=peft_config,
-        callbacks=[MlflowStepLogger(), ProgressReporter(log), *extra_callbacks],
+        callbacks=[MlflowStepLogger(), ProgressReporter(log), story_callback, *extra_callbacks]
+        + ([EarlyStoppingCallback(cfg.early_stopping_patience, cfg.early_stopping_threshold)] if early else []),
     )
     # disable_tqdm swaps the progress bar for PrinterCallback, which print()s raw dicts to stdout: not wanted.
     trainer.remove_callback(PrinterCallback)
@@ -457,7 +513,9 @@ def main(
     if trainable_params == 0:
         raise RuntimeError(f"no trainable parameters: none of {cfg.lora_target_modules} matched the model")
 
-    train_output = trainer.train()
+    if resume_from is not None:
+        log(f"resuming from {resume_from}")
+    train_output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     loss_history = [
         (int(entry["step"]), float(entry["loss"])) for entry in trainer.state.log_history if "loss" in entry
     ]
@@ -477,7 +535,6 @@ def main(
         log(f"eval weighted NLL {eval_loss:.4f}")
         trainer.log({"eval_loss": eval_loss})  # reaches MlflowStepLogger & co. like a training log line
 
-    out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     trainer.model.save_pretrained(out)  # PeftModel: adapter_config.json + adapter_model.safetensors only
     tokenizer.save_pretrained(out)
@@ -487,11 +544,9 @@ def main(
     (out / TRAINING_CONFIG_NAME).write_text(
         json.dumps(
             {
-                "config": asdict(cfg),
-                "steps": steps,
-                "base_model_path": str(base.resolve()),
-                "train_file_sha256": _sha256(cfg.train_file),
+                **story(steps),
                 "n_train_examples": len(trainer.train_dataset),
+                "resumed_from": str(resume_from) if resume_from else None,
                 "final_train_loss": final_train_loss,
                 "eval_loss": eval_loss,
                 "train_runtime_s": runtime,
@@ -510,6 +565,9 @@ def main(
         train_runtime_s=runtime,
         trainable_params=trainable_params,
         weights_changed=weights_changed,
+        stopped_early=steps < cfg.max_steps,
+        resumed_from=str(resume_from) if resume_from else None,
+        best_checkpoint=trainer.state.best_model_checkpoint if early else None,
     )
 
 
