@@ -299,3 +299,62 @@ def test_response_logprobs_keeps_response_when_truncating(base_model_dir):
     alone = response_logprobs(model, tokenizer, [short], max_length=512)
     assert together[0][0] == pytest.approx(full_sum, rel=1e-4)
     assert together[1][0] == pytest.approx(alone[0][0], rel=1e-4)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# checkpoints: a killed SFT run resumes; early stopping keeps the best checkpoint
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class _StopAfter:
+    """A TrainerCallback that ends training once a checkpoint at ``step`` is written: what a killed process leaves."""
+
+    def __new__(cls, step: int):
+        from transformers import TrainerCallback
+
+        class StopAfter(TrainerCallback):
+            def on_save(self, args, state, control, **kwargs):
+                if state.global_step >= step:
+                    control.should_training_stop = True
+
+        return StopAfter()
+
+
+def test_sft_resumes_a_killed_run_and_refuses_other_data(base_model_dir, tmp_path):
+    from feedback_pipeline.training.chat_sft import ChatSFTConfig, main
+    from feedback_pipeline.training.checkpoints import last_complete_checkpoint
+
+    common = dict(base_model_path=str(base_model_dir), train_file=str(_write_jsonl(tmp_path / "train.jsonl", QA)),
+                  output_dir=str(tmp_path / "adapter"), max_steps=3, per_device_train_batch_size=2, max_length=96,
+                  save_steps=1, learning_rate=1e-3)
+    first = main(ChatSFTConfig(**common), extra_callbacks=[_StopAfter(2)], log=lambda _: None)
+    assert first.steps == 2 and first.stopped_early and first.weights_changed
+    assert last_complete_checkpoint(common["output_dir"]).name == "checkpoint-2"
+    with pytest.raises(FileExistsError, match="resume=True"):
+        main(ChatSFTConfig(**common), log=lambda _: None)
+    other = _write_jsonl(tmp_path / "other.jsonl", QA[:4])
+    with pytest.raises(ValueError, match="train_file_sha256"):
+        main(ChatSFTConfig(**{**common, "train_file": str(other), "resume": True}), log=lambda _: None)
+
+    lines: list[str] = []
+    second = main(ChatSFTConfig(**common, resume=True), log=lines.append)
+    assert second.resumed_from.endswith("checkpoint-2") and any("resuming from" in line for line in lines)
+    assert second.steps == 3 and not second.stopped_early
+    assert [s for s, _ in second.loss_history] == [1, 2, 3]  # steps 1-2 restored, step 3 trained now
+    assert [v for _, v in second.loss_history[:2]] == pytest.approx([v for _, v in first.loss_history])
+    assert json.loads((tmp_path / "adapter" / "training_config.json").read_text())["resumed_from"].endswith("checkpoint-2")
+
+
+def test_sft_early_stopping_keeps_the_best_checkpoint(base_model_dir, tmp_path):
+    from feedback_pipeline.training.chat_sft import ChatSFTConfig, main
+
+    # A learning rate this high makes eval loss climb after the first steps, so patience 1 stops the run.
+    cfg = ChatSFTConfig(base_model_path=str(base_model_dir), train_file=str(_write_jsonl(tmp_path / "t.jsonl", QA)),
+                        eval_file=str(_write_jsonl(tmp_path / "e.jsonl", QA[:3])), output_dir=str(tmp_path / "a"),
+                        max_steps=8, per_device_train_batch_size=2, max_length=96, learning_rate=0.05,
+                        eval_steps=1, save_steps=1, early_stopping_patience=1)
+    result = main(cfg, log=lambda _: None)
+    assert result.stopped_early and result.steps < 8 and result.best_checkpoint is not None
+    assert math.isfinite(result.eval_loss)
+    with pytest.raises(ValueError, match="needs an eval_file"):
+        ChatSFTConfig(base_model_path="x", train_file="x", output_dir="x", early_stopping_patience=1)
