@@ -57,5 +57,16 @@ def test_full_graph_materializes_and_registers_a_challenger(postgres_url, tmp_pa
     reply = model.predict(["Say hello."])
     assert isinstance(reply[0], str) and reply[0].strip()
 
+    # The merged export is a plain transformers folder that generates without peft, recorded on the MLflow run.
+    merged = result.output_for_node("merged_chat_model")
+    assert client.get_run(version.run_id).data.tags["merged_model_dir"] == merged["path"]
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(merged["path"])
+    lm = AutoModelForCausalLM.from_pretrained(merged["path"])
+    assert not hasattr(lm, "peft_config")
+    out = lm.generate(**tokenizer("Hello", return_tensors="pt"), max_new_tokens=3, do_sample=False)
+    assert out.shape[1] > 1
+
     summary = pipeline_summary(settings, instance)
     assert "alias=challenger" in summary and "rows=400" in summary

@@ -4,6 +4,7 @@
 import hashlib
 import json
 from dataclasses import asdict
+from pathlib import Path
 
 import dagster as dg
 import mlflow
@@ -75,3 +76,20 @@ def chat_adapter(context: dg.AssetExecutionContext, config: ChatTrainingConfig, 
                                  "adapter_dir": dg.MetadataValue.path(result.adapter_dir)})
     return {"adapter_dir": result.adapter_dir, "run_id": run.info.run_id, "base_model_path": cfg.base_model_path,
             "dataset_fingerprint": sft_dataset["fingerprint"], **summary}
+
+
+@dg.asset(group_name="training", kinds={"pytorch"},
+          description="The chat adapter merged into its base model: a plain HF folder for serving without peft "
+                      "(vLLM, TGI, transformers). GGUF is not produced: no converter works offline here.")
+def merged_chat_model(context: dg.AssetExecutionContext, chat_adapter: dict, workspace: WorkspaceResource,
+                      mlflow_tracking: MlflowResource) -> dict:
+    from feedback_pipeline.training.chat_preference import merge_and_export
+
+    out = merge_and_export(chat_adapter["base_model_path"], chat_adapter["adapter_dir"],
+                           workspace.path("exports", "chat") / Path(chat_adapter["adapter_dir"]).name)
+    mlflow_tracking.activate()
+    mlflow.MlflowClient().set_tag(chat_adapter["run_id"], "merged_model_dir", str(out))
+    size_mb = sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) / 2**20
+    context.add_output_metadata({"path": dg.MetadataValue.path(str(out)), "size_mb": round(size_mb, 1),
+                                 "mlflow_run_id": chat_adapter["run_id"]})
+    return {"path": str(out), "adapter_dir": chat_adapter["adapter_dir"], "run_id": chat_adapter["run_id"]}
