@@ -20,6 +20,7 @@ _SHOWN = [
                                "candidate_perplexity", "preference_margin", "preference_margin_ci_low",
                                "preference_margin_ci_high", "n_liked", "n_disliked"]),
     ("chat_model_version", ["registered_model", "version", "alias", "uri"]),
+    ("merged_chat_model", ["merged_dir", "size_mb"]),
 ]
 
 

@@ -19,7 +19,7 @@ from feedback_pipeline.training.chat_sft import ChatSFTConfig, main as train_cha
           description="The base chat model as a local HF folder (bundled SmolLM2-135M converted once, or CHAT_BASE_MODEL).")
 def base_chat_model(context: dg.AssetExecutionContext, workspace: WorkspaceResource) -> dict:
     path = prepare_base_chat_model(workspace.path("models") / "smollm2-135m-instruct", workspace.chat_base_model)
-    context.add_output_metadata({"path": dg.MetadataValue.path(str(path)),
+    context.add_output_metadata({"model_dir": dg.MetadataValue.path(str(path)),
                                  "source": workspace.chat_base_model or "bundled SmolLM2-135M-Instruct (GGUF)"})
     return {"path": str(path)}
 
@@ -90,6 +90,6 @@ def merged_chat_model(context: dg.AssetExecutionContext, chat_adapter: dict, wor
     mlflow_tracking.activate()
     mlflow.MlflowClient().set_tag(chat_adapter["run_id"], "merged_model_dir", str(out))
     size_mb = sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) / 2**20
-    context.add_output_metadata({"path": dg.MetadataValue.path(str(out)), "size_mb": round(size_mb, 1),
+    context.add_output_metadata({"merged_dir": dg.MetadataValue.path(str(out)), "size_mb": round(size_mb, 1),
                                  "mlflow_run_id": chat_adapter["run_id"]})
     return {"path": str(out), "adapter_dir": chat_adapter["adapter_dir"], "run_id": chat_adapter["run_id"]}
