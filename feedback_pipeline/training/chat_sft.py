@@ -35,7 +35,9 @@ import torch
 from transformers import TrainerCallback
 from trl import SFTTrainer
 
-from feedback_pipeline.training.checkpoints import TRAINING_CONFIG_NAME, CheckpointStory, check_resumable, resume_point
+from feedback_pipeline.training.checkpoints import (
+    TRAINING_CONFIG_NAME, CheckpointOptions, CheckpointStory, check_resumable, checkpoint_arguments, resume_point,
+)
 from feedback_pipeline.training.config_file import JsonConfig, run_cli
 
 logger = logging.getLogger(__name__)
@@ -49,7 +51,7 @@ IGNORE_INDEX = -100
 
 
 @dataclass
-class ChatSFTConfig(JsonConfig):
+class ChatSFTConfig(JsonConfig, CheckpointOptions):
     base_model_path: str = field(
         metadata={"help": "Local Hugging Face causal-LM folder (config.json, weights, tokenizer)."}
     )
@@ -79,22 +81,6 @@ class ChatSFTConfig(JsonConfig):
     )
     seed: int = field(default=42, metadata={"help": "Seed for LoRA init, dropout and data order."})
     logging_steps: int = field(default=1, metadata={"help": "Log loss (progress, MLflow) every N optimizer steps."})
-    eval_steps: int = field(default=10, metadata={"help": "Evaluate eval_file every N steps (when given)."})
-    early_stopping_patience: int | None = field(
-        default=None,
-        metadata={"help": "Stop after this many evaluations without eval_loss improvement, then keep the best "
-                          "checkpoint (needs eval_file; save_steps must be a multiple of eval_steps)."},
-    )
-    early_stopping_threshold: float = field(
-        default=0.0, metadata={"help": "Minimum eval_loss decrease that counts as an improvement."}
-    )
-    save_steps: int = field(default=10, metadata={"help": "Write a resumable checkpoint every N steps."})
-    save_total_limit: int = field(
-        default=2, metadata={"help": "Checkpoints kept (oldest deleted first; the best one is always kept)."}
-    )
-    resume: bool = field(
-        default=False, metadata={"help": "Continue from the last complete checkpoint in output_dir, if any."}
-    )
 
     def __post_init__(self) -> None:
         if isinstance(self.lora_target_modules, str):
@@ -462,16 +448,9 @@ def main(
         activation_checkpointing=False,  # transformers 5 name; `gradient_checkpointing` is its deprecated alias
         use_cpu=not torch.cuda.is_available(),
         report_to=[],  # the caller logs to MLflow through MlflowStepLogger, inside its own run
-        save_strategy="steps",
-        save_steps=cfg.save_steps,
-        save_total_limit=cfg.save_total_limit,
         # Periodic evaluations (batch means of the weighted loss) drive early stopping; the reported eval_loss is
         # computed once at the end, exactly weighted over the whole file.
-        eval_strategy="steps" if early else "no",
-        eval_steps=cfg.eval_steps if early else None,
-        load_best_model_at_end=early,
-        metric_for_best_model="eval_loss" if early else None,
-        greater_is_better=False if early else None,
+        **checkpoint_arguments(cfg, evaluate=early),
         dataloader_num_workers=0,
         disable_tqdm=True,  # ProgressReporter gives one line per logging step instead
         completion_only_loss=True,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,41 @@ def check_resumable(checkpoint: Path, expected: dict[str, Any], max_steps: int) 
     if bad:
         raise ValueError(f"cannot resume from {checkpoint}: it was trained with different {sorted(bad)} "
                          f"({bad}); use a new output_dir")
+
+
+@dataclass(kw_only=True)
+class CheckpointOptions:
+    """Evaluation, early-stopping and checkpoint fields shared by the trainers' configs (keyword-only, so they can
+    follow the configs' required fields)."""
+
+    eval_steps: int = field(default=10, metadata={"help": "Evaluate eval_file every N steps (when given)."})
+    early_stopping_patience: int | None = field(
+        default=None,
+        metadata={"help": "Stop after this many evaluations without eval_loss improvement, then keep the best "
+                          "checkpoint (needs eval_file; save_steps must be a multiple of eval_steps)."},
+    )
+    early_stopping_threshold: float = field(
+        default=0.0, metadata={"help": "Minimum eval_loss decrease that counts as an improvement."}
+    )
+    save_steps: int = field(default=10, metadata={"help": "Write a resumable checkpoint every N steps."})
+    save_total_limit: int = field(
+        default=2, metadata={"help": "Checkpoints kept (oldest deleted first; the best one is always kept)."}
+    )
+    resume: bool = field(
+        default=False, metadata={"help": "Continue from the last complete checkpoint in output_dir, if any."}
+    )
+
+
+def checkpoint_arguments(cfg: CheckpointOptions, evaluate: bool) -> dict[str, Any]:
+    """TrainingArguments for checkpoints every ``save_steps``, evaluations every ``eval_steps`` when ``evaluate``,
+    and, with early stopping, the best checkpoint by eval_loss loaded back at the end."""
+    early = cfg.early_stopping_patience is not None
+    return dict(
+        save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit,
+        eval_strategy="steps" if evaluate else "no", eval_steps=cfg.eval_steps if evaluate else None,
+        load_best_model_at_end=early, metric_for_best_model="eval_loss" if early else None,
+        greater_is_better=False if early else None,
+    )
 
 
 class CheckpointStory(TrainerCallback):
