@@ -81,6 +81,11 @@ class ChatSFTConfig(JsonConfig, CheckpointOptions):
     )
     seed: int = field(default=42, metadata={"help": "Seed for LoRA init, dropout and data order."})
     logging_steps: int = field(default=1, metadata={"help": "Log loss (progress, MLflow) every N optimizer steps."})
+    group_by_length: bool = field(
+        default=True,
+        metadata={"help": "Batch examples of similar length (less padding: 1.12x real tokens/s measured in "
+                          "bench/training_throughput.py). Packing is not offered: it would drop the weights."},
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.lora_target_modules, str):
@@ -454,6 +459,7 @@ def main(
         dataloader_num_workers=0,
         disable_tqdm=True,  # ProgressReporter gives one line per logging step instead
         completion_only_loss=True,
+        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
     )
     peft_config = LoraConfig(
         r=cfg.lora_r,
