@@ -26,7 +26,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from feedback_pipeline.datasets.build import BuiltDataset, _watermark, prompt_messages, split_rows, usable_rows, write_dataset
+from feedback_pipeline.datasets.build import (
+    BuiltDataset, _split_stats, _watermark, prompt_messages, split_rows, usable_rows, write_dataset,
+)
 
 
 def _norm(text: str) -> str:
@@ -136,4 +138,4 @@ def build_dpo_dataset(cleaned_df: pd.DataFrame, root: Path, eval_fraction: float
     by_split = split_pairs(rows, dpo_pairs(rows))
     return write_dataset(name, Path(root), by_split, lambda r: r["source"],
                          {"eval_fraction": eval_fraction, "split_by_user": split_by_user, "max_file_mb": max_file_mb},
-                         _watermark(cleaned_df), min_train_examples, max_file_mb)
+                         _watermark(cleaned_df), min_train_examples, max_file_mb, _split_stats(rows))
