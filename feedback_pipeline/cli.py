@@ -1,8 +1,9 @@
-"""Command line: ``feedback-pipeline migrate | import | prepare-models | serve | erase-user | summary``."""
+"""Command line: ``feedback-pipeline migrate | import | prepare-models | serve | erase-user | summary | models``."""
 
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import logging
 import sys
@@ -69,6 +70,183 @@ def cmd_summary(settings, args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------- models (release)
+
+def _registry(settings):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(settings.mlflow_tracking_uri)
+
+
+def _model_names(settings) -> list[str]:
+    from feedback_pipeline.release.models import REWARD_MODEL_NAME
+
+    return [settings.chat_model_name, settings.embedding_model_name, REWARD_MODEL_NAME]
+
+
+def _release_store(settings):
+    store = _store(settings)
+    store.migrate()  # the model_deployments table may be newer than the database
+    return store
+
+
+def cmd_models_list(settings, args) -> int:
+    from feedback_pipeline.release.models import describe, list_versions
+
+    for name in [args.name] if args.name else _model_names(settings):
+        versions = list_versions(_registry(settings), name)
+        print(f"{name}: {len(versions)} versions")
+        for version in versions:
+            print(f"  {describe(version)}")
+    return 0
+
+
+def cmd_models_show(settings, args) -> int:
+    from feedback_pipeline.release.deployments import deployments
+    from feedback_pipeline.release.models import describe, resolve
+
+    version = resolve(_registry(settings), args.ref)
+    print(describe(version))
+    print(f"run: {version.run_id}  source: {version.source}")
+    for key, value in sorted((version.tags or {}).items()):
+        print(f"tag {key} = {value}")
+    for row in deployments(_release_store(settings), version.name, version.version, limit=10):
+        print(f"history: {row.line()}")
+    return 0
+
+
+def cmd_models_promote(settings, args) -> int:
+    from feedback_pipeline.release.models import promote
+
+    row = promote(_registry(settings), _release_store(settings), args.name, args.version, reason=args.reason,
+                  actor=args.actor, source="manual")
+    print(f"{args.name}@champion -> {row.version} (previous champion: {row.previous_champion_version or 'none'})")
+    return 0
+
+
+def cmd_models_approve(settings, args) -> int:
+    from feedback_pipeline.release.models import approve
+
+    row = approve(_registry(settings), _release_store(settings), args.name, args.version, actor=args.actor,
+                  reason=args.reason)
+    print(f"approved: {args.name}@champion -> {row.version} "
+          f"(previous champion: {row.previous_champion_version or 'none'})")
+    return 0
+
+
+def cmd_models_rollback(settings, args) -> int:
+    from feedback_pipeline.release.models import rollback
+
+    row = rollback(_registry(settings), _release_store(settings), args.name, actor=args.actor, reason=args.reason)
+    print(f"rolled back: {args.name}@champion -> {row.version} (was {row.previous_champion_version}); "
+          f"previous_champion -> {row.evidence['previous_champion_now'] or 'removed'}")
+    return 0
+
+
+def cmd_models_lineage(settings, args) -> int:
+    from feedback_pipeline.release.models import lineage
+
+    print(lineage(_registry(settings), args.ref).to_text())
+    return 0
+
+
+def cmd_models_trained_on(settings, args) -> int:
+    from feedback_pipeline.release.models import scan_trained_on
+
+    scan = scan_trained_on(_registry(settings), _model_names(settings), args.feedback_id)
+    for name, version, split in scan.matches:
+        print(f"{name}/{version} trained on {args.feedback_id} ({split} split)")
+    if not scan.matches:
+        print(f"no registered version lists {args.feedback_id} in its dataset manifest")
+    for name, version, why in scan.unknown:
+        print(f"unknown: {name}/{version}: {why}")
+    return 0
+
+
+def cmd_models_cleanup(settings, args) -> int:
+    from feedback_pipeline.release.cleanup import cleanup_datasets, cleanup_models, live_fingerprints
+
+    client, names = _registry(settings), _model_names(settings)
+    report = cleanup_models(client, None if args.dry_run else _release_store(settings), names,
+                            older_than_days=args.older_than_days, keep_last=args.keep_last, dry_run=args.dry_run,
+                            actor=args.actor)
+    print(report.to_markdown())
+    datasets = cleanup_datasets(settings.datasets_dir, older_than_days=args.datasets_older_than_days,
+                                mode=args.dataset_mode, protected_fingerprints=live_fingerprints(client, names),
+                                dry_run=args.dry_run)
+    print()
+    print(datasets.to_markdown())
+    return 0
+
+
+def cmd_models_score_pairs(settings, args) -> int:
+    import mlflow
+
+    from feedback_pipeline.evaluation.reward_eval import score_pairs_file  # written alongside; import when used
+
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    result = score_pairs_file(args.model_ref, Path(args.path))
+    for key, value in result.items():
+        if isinstance(value, (int, float, str, bool)) or value is None:
+            print(f"{key}: {value}")
+    print(json.dumps(result, default=str))
+    return 0
+
+
+def _user_errors(func):
+    """A release command that cannot do what was asked says why on stderr and exits 1 (no traceback)."""
+    def run(settings, args) -> int:
+        from feedback_pipeline.release.models import ReleaseError
+
+        try:
+            return func(settings, args)
+        except (ReleaseError, ValueError, FileNotFoundError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+    return run
+
+
+def _add_models_parser(sub) -> None:
+    actor = argparse.ArgumentParser(add_help=False)
+    actor.add_argument("--actor", default=getpass.getuser(), help="who acts (default: the current user)")
+    reason = argparse.ArgumentParser(add_help=False)
+    reason.add_argument("--reason", help="why, stored with the decision")
+    models = sub.add_parser("models", help="registered model versions: list, promote, roll back, lineage, cleanup")
+    msub = models.add_subparsers(dest="models_command", required=True)
+    cmd = msub.add_parser("list", help="versions with aliases and gate decisions")
+    cmd.add_argument("name", nargs="?", help="registered model (default: chat, embedder and reward models)")
+    cmd.set_defaults(func=_user_errors(cmd_models_list))
+    cmd = msub.add_parser("show", help="one version: tags and decision history")
+    cmd.add_argument("ref", help="NAME@ALIAS or NAME/VERSION")
+    cmd.set_defaults(func=_user_errors(cmd_models_show))
+    for verb, func, text in (("promote", cmd_models_promote, "make VERSION the champion (manual decision)"),
+                             ("approve", cmd_models_approve, "promote a version the gate marked needs_review")):
+        cmd = msub.add_parser(verb, help=text, parents=[actor, reason])
+        cmd.add_argument("name")
+        cmd.add_argument("version")
+        cmd.set_defaults(func=_user_errors(func))
+    cmd = msub.add_parser("rollback", help="champion goes back to previous_champion", parents=[actor, reason])
+    cmd.add_argument("name")
+    cmd.set_defaults(func=_user_errors(cmd_models_rollback))
+    cmd = msub.add_parser("lineage", help="run, dataset, row counts and feedback-id manifest of a version")
+    cmd.add_argument("ref", help="NAME@ALIAS or NAME/VERSION")
+    cmd.set_defaults(func=_user_errors(cmd_models_lineage))
+    cmd = msub.add_parser("trained-on", help="which versions were trained on one feedback id (erasure)")
+    cmd.add_argument("feedback_id")
+    cmd.set_defaults(func=_user_errors(cmd_models_trained_on))
+    cmd = msub.add_parser("cleanup", help="archive old unaliased versions and old datasets", parents=[actor])
+    cmd.add_argument("--dry-run", action="store_true", help="report what would go, change nothing")
+    cmd.add_argument("--older-than-days", type=int, default=90)
+    cmd.add_argument("--keep-last", type=int, default=3, help="versions per model never archived")
+    cmd.add_argument("--datasets-older-than-days", type=int, default=182)
+    cmd.add_argument("--dataset-mode", choices=["archive", "delete"], default="archive")
+    cmd.set_defaults(func=_user_errors(cmd_models_cleanup))
+    cmd = msub.add_parser("score-pairs", help="score preference pairs with a reward model; last line is JSON")
+    cmd.add_argument("model_ref", help="NAME@ALIAS, NAME/VERSION or a models:/ URI")
+    cmd.add_argument("path", help="JSONL file of pairs")
+    cmd.set_defaults(func=_user_errors(cmd_models_score_pairs))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="feedback-pipeline", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -88,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     era.add_argument("user_id")
     era.set_defaults(func=cmd_erase_user)
     sub.add_parser("summary", help="print the latest pipeline results").set_defaults(func=cmd_summary)
+    _add_models_parser(sub)
     return parser
 
 
