@@ -34,18 +34,18 @@ def generator(base_model_dir, tmp_path_factory):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    adapters = {}
-    for name, scale in (("fresh", 0.0), ("perturbed", 0.5)):
-        torch.manual_seed(0)
-        model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=torch.float32),
-                               LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
-        with torch.no_grad():
-            for param_name, param in model.named_parameters():
-                if "lora_B" in param_name:
-                    assert torch.count_nonzero(param) == 0  # peft's default init: the adapter starts as a no-op
-                    param.normal_(0.0, scale) if scale else None
-        adapters[name] = tmp_path_factory.mktemp(name)
-        model.save_pretrained(adapters[name])
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=torch.float32),
+                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    lora_b = [param for name, param in model.named_parameters() if "lora_B" in name]
+    assert lora_b and all(torch.count_nonzero(p) == 0 for p in lora_b)  # peft's default init: a no-op adapter
+    adapters = {"fresh": tmp_path_factory.mktemp("fresh")}
+    model.save_pretrained(adapters["fresh"])
+    with torch.no_grad():
+        for param in lora_b:
+            param.normal_(0.0, 0.5)
+    adapters["perturbed"] = tmp_path_factory.mktemp("perturbed")
+    model.save_pretrained(adapters["perturbed"])
     return ChatGenerator(base_model_dir, {"v0": None, **adapters}, max_prompt_tokens=64)
 
 
@@ -65,9 +65,11 @@ def test_batched_generation_equals_one_at_a_time(generator, base_answers):
 
 
 def test_named_adapters_switch_and_zero_lora_is_the_base(generator, base_answers):
-    assert generator.generate("fresh", PROMPTS, max_new_tokens=12, batch_size=4) == base_answers
     perturbed = generator.generate("perturbed", PROMPTS, max_new_tokens=12, batch_size=4)
     assert perturbed != base_answers  # the adapter really is active when named
+    # switching from the perturbed adapter to the zero one: identical to the base
+    assert generator.generate("fresh", PROMPTS, max_new_tokens=12, batch_size=4) == base_answers
+    generator.generate("perturbed", PROMPTS[:1], max_new_tokens=2)
     # switching back to the bare base is not contaminated by the last active adapter
     assert generator.generate("v0", PROMPTS[:2], max_new_tokens=12, batch_size=2) == base_answers[:2]
     with pytest.raises(KeyError, match="unknown model"):
