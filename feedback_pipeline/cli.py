@@ -186,10 +186,18 @@ def cmd_models_score_pairs(settings, args) -> int:
 
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     result = score_pairs_file(args.model_ref, Path(args.path))
-    for key, value in result.items():
-        if isinstance(value, (int, float, str, bool)) or value is None:
-            print(f"{key}: {value}")
-    print(json.dumps(result, default=str))
+
+    def ci(key: str) -> str:
+        value, low, high = (result.get(k) for k in (key, f"{key}_ci_low", f"{key}_ci_high"))
+        if value is None:
+            return "n/a"
+        return f"{value:.3f}" + (f" [{low:.3f}, {high:.3f}]" if low is not None and high is not None else "")
+
+    print(f"pairs scored: {result.get('n_pairs')} (skipped {result.get('n_skipped', 0)})")
+    print(f"reward model accuracy: {ci('accuracy')}; longer-answer rule: {ci('length_rule_accuracy')}")
+    print(f"model - rule: {ci('difference_vs_length_rule')}; "
+          f"beats the length rule: {'yes' if result.get('beats_length_rule') else 'no'}")
+    print(json.dumps(result, default=str))  # last line: machine-readable
     return 0
 
 
