@@ -126,7 +126,8 @@ def _parse_item(obj: Any) -> GoldItem:
         raise ValueError("'prompt' must be a non-empty list of chat messages")
     for j, m in enumerate(prompt):
         if not (isinstance(m, dict) and m.get("role") in ROLES and isinstance(m.get("content"), str)):
-            raise ValueError(f"'prompt' message {j} must be {{'role': one of {list(ROLES)}, 'content': str}}, got {m!r}")
+            raise ValueError(f"'prompt' message {j} must be {{'role': one of {list(ROLES)}, 'content': str}}, "
+                             f"got {m!r}")
     if prompt[-1]["role"] != "user":
         raise ValueError("'prompt' must end with a user message (the turn the model answers)")
     refs = obj["references"]
