@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
 import logging
 import sys
@@ -165,11 +164,12 @@ def cmd_models_trained_on(settings, args) -> int:
 
 def cmd_models_cleanup(settings, args) -> int:
     from feedback_pipeline.release.cleanup import cleanup_datasets, cleanup_models, live_fingerprints
+    from feedback_pipeline.release.models import current_user
 
     client, names = _registry(settings), _model_names(settings)
     report = cleanup_models(client, None if args.dry_run else _release_store(settings), names,
                             older_than_days=args.older_than_days, keep_last=args.keep_last, dry_run=args.dry_run,
-                            actor=args.actor)
+                            actor=args.actor or current_user())
     print(report.to_markdown())
     datasets = cleanup_datasets(settings.datasets_dir, older_than_days=args.datasets_older_than_days,
                                 mode=args.dataset_mode, protected_fingerprints=live_fingerprints(client, names),
@@ -216,7 +216,7 @@ def _user_errors(func):
 
 def _add_models_parser(sub) -> None:
     actor = argparse.ArgumentParser(add_help=False)
-    actor.add_argument("--actor", default=getpass.getuser(), help="who acts (default: the current user)")
+    actor.add_argument("--actor", help="who acts (default: the current user)")
     reason = argparse.ArgumentParser(add_help=False)
     reason.add_argument("--reason", help="why, stored with the decision")
     models = sub.add_parser("models", help="registered model versions: list, promote, roll back, lineage, cleanup")

@@ -11,6 +11,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
 import sqlalchemy as sa
 from mlflow.tracking import MlflowClient
@@ -84,7 +85,9 @@ def test_promote_decide_approve_rollback(registry, store):
     assert tags["gate_decision"] == "promote" and tags["promoted_by"] == "gate-bot" and "promoted_at" in tags
 
     record_decision(client, store, name, 3, "needs_review", evidence={"guardrail": "toxicity"}, actor="gate-bot")
-    record_decision(client, store, name, 4, "keep", actor="gate-bot")
+    kept = record_decision(client, store, name, 4, "keep", actor="gate-bot",
+                           evidence={"delta": np.float64(-0.01), "ci_low": float("nan"), "n": np.int64(40)})
+    assert deployments(store, name, 4)[0].evidence == kept.evidence == {"delta": -0.01, "ci_low": None, "n": 40}
     assert _aliases(client, name) == {"champion": "2", "previous_champion": "1"}  # decisions move nothing
     assert show(client, name, "3").tags["gate_decision"] == "needs_review"
     with pytest.raises(ReleaseError, match="latest decision is keep"):

@@ -129,8 +129,8 @@ def cleanup_models(client: MlflowClient, store: FeedbackStore | None, names: lis
         if not dry_run:
             # Folders first, tags second: a failure in between leaves an untagged version that the next run
             # retries, never a version tagged archived whose folders still take the space.
-            set_version_tags(client, name, number, {"archived": "true", "archived_at": now.isoformat(timespec="seconds"),
-                                             "archived_bytes_freed": freed})
+            set_version_tags(client, name, number, {"archived": "true", "archived_bytes_freed": freed,
+                                                    "archived_at": now.isoformat(timespec="seconds")})
             if store is not None:
                 record_deployment(store, name, number, "archive", "cleanup", family=(version.tags or {}).get("family"),
                                   evidence={"removed_dirs": removed, "bytes_freed": freed,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -48,6 +49,21 @@ class Deployment:
                 f"via {self.decision_source} by {self.actor or '?'}{prev}{why}")
 
 
+def _plain(value):
+    """Evidence as plain JSON: numpy scalars as numbers, NaN/inf as null (PostgreSQL's JSONB rejects NaN)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "item") and callable(value.item):  # numpy scalar
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return value.isoformat() if isinstance(value, datetime) else str(value)
+
+
 def record_deployment(store: FeedbackStore, model_name: str, version: str | int, action: str, decision_source: str,
                       *, family: str | None = None, previous_champion_version: str | int | None = None,
                       evidence: dict | None = None, mlflow_run_id: str | None = None, actor: str | None = None,
@@ -64,11 +80,11 @@ def record_deployment(store: FeedbackStore, model_name: str, version: str | int,
                             .where(DEPLOYMENTS.c.model_name == model_name)).scalar_one()
         if last is not None and _utc(last) >= now:
             now = _utc(last) + timedelta(microseconds=1)
+        previous = None if previous_champion_version is None else str(previous_champion_version)
         row = {"id": str(uuid.uuid4()), "model_name": model_name, "version": str(version), "family": family,
-               "action": action, "decision_source": decision_source,
-               "previous_champion_version": None if previous_champion_version is None else str(previous_champion_version),
-               "evidence": evidence, "mlflow_run_id": mlflow_run_id, "actor": actor, "reason": reason,
-               "created_at": _to_db_time(now, store.dialect)}
+               "action": action, "decision_source": decision_source, "previous_champion_version": previous,
+               "evidence": None if evidence is None else _plain(evidence), "mlflow_run_id": mlflow_run_id,
+               "actor": actor, "reason": reason, "created_at": _to_db_time(now, store.dialect)}
         conn.execute(sa.insert(DEPLOYMENTS), [row])
     return Deployment(**{**row, "created_at": now})
 

@@ -139,6 +139,14 @@ def describe(version: ModelVersion) -> str:
 
 # ---------------------------------------------------------------------------------------------------- deciding
 
+def current_user() -> str:
+    """The login name, or "unknown" where there is none (a container running under an anonymous uid)."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -168,7 +176,7 @@ def _make_champion(client, store, name, version, action, source, family, evidenc
         raise ReleaseError(f"{name}/{version} was archived by cleanup (its artifacts are deleted): register it again")
     snapshot = aliases_of(client, name)
     old = snapshot.get(CHAMPION)
-    actor = actor or getpass.getuser()
+    actor = actor or current_user()
     # Registry first, table second. The registry is what serving loads, so a row is written only once the
     # aliases really moved: a failed alias move raises before any row exists, and a failed insert puts the
     # aliases back, so the table never claims a promotion that did not happen (and vice versa).
@@ -214,7 +222,7 @@ def record_decision(client: MlflowClient, store: FeedbackStore, name: str, versi
     row = record_deployment(store, name, version, decision, source, family=family or tags.get("family"),
                             previous_champion_version=aliases_of(client, name).get(CHAMPION), evidence=evidence,
                             mlflow_run_id=mlflow_run_id or tags.get("gate_evidence_run"),
-                            actor=actor or getpass.getuser(), reason=reason)
+                            actor=actor or current_user(), reason=reason)
     set_version_tags(client, name, version, {"gate_decision": decision, "gate_decided_at": _now(),
                                       "gate_decision_source": source})
     return row
@@ -264,7 +272,7 @@ def rollback(client: MlflowClient, store: FeedbackStore, name: str, actor: str |
     if is_archived(restored):
         raise ReleaseError(f"{name}/{target} was archived by cleanup; promote another version instead")
     before = _champion_before(client, store, name, target, exclude={current, target})
-    actor = actor or getpass.getuser()
+    actor = actor or current_user()
     try:  # same order and reasoning as _make_champion: registry first, row once the aliases moved
         client.set_registered_model_alias(name, CHAMPION, target)
         if before is None:
@@ -278,7 +286,8 @@ def rollback(client: MlflowClient, store: FeedbackStore, name: str, actor: str |
         _restore_aliases(client, name, snapshot)
         raise
     now = _now()
-    set_version_tags(client, name, current, {"rolled_back_at": now, "rolled_back_by": actor, "rolled_back_reason": reason})
+    set_version_tags(client, name, current,
+                     {"rolled_back_at": now, "rolled_back_by": actor, "rolled_back_reason": reason})
     set_version_tags(client, name, target, {"restored_at": now, "restored_by": actor})
     return row
 
