@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import dagster as dg
 
-from feedback_pipeline.defs import analysis, cleaning, datasets, embedding, evaluation, ingestion, preference, training
+from feedback_pipeline.defs import (analysis, cleaning, datasets, embedding, evaluation, ingestion, lifecycle, preference,
+                                    reward, training)
 from feedback_pipeline.defs.automation import (build_retraining_sensor, daily_cleaning_job, daily_cleaning_schedule,
                                                embedding_training_job, error_analysis_job, preference_training_job,
                                                retraining_job, weekly_dataset_job, weekly_dataset_schedule,
@@ -12,7 +13,7 @@ from feedback_pipeline.defs.automation import (build_retraining_sensor, daily_cl
 from feedback_pipeline.defs.resources import FeedbackStoreResource, MlflowResource, WorkspaceResource
 from feedback_pipeline.settings import Settings, load_settings
 
-_MODULES = [ingestion, cleaning, analysis, datasets, training, evaluation, preference, embedding]
+_MODULES = [ingestion, cleaning, analysis, datasets, training, evaluation, preference, embedding, reward, lifecycle]
 
 
 def build_resources(settings: Settings) -> dict:
@@ -21,7 +22,8 @@ def build_resources(settings: Settings) -> dict:
         "mlflow_tracking": MlflowResource(tracking_uri=settings.mlflow_tracking_uri,
                                           artifact_root=settings.mlflow_artifact_root,
                                           chat_model_name=settings.chat_model_name,
-                                          embedding_model_name=settings.embedding_model_name),
+                                          embedding_model_name=settings.embedding_model_name,
+                                          reward_model_name=settings.reward_model_name),
         "workspace": WorkspaceResource(data_dir=str(settings.data_dir), chat_base_model=settings.chat_base_model,
                                        embedding_model=settings.embedding_model),
     }
@@ -32,9 +34,9 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         assets=dg.load_assets_from_modules(_MODULES),
         asset_checks=dg.load_asset_checks_from_modules(_MODULES),
         jobs=[retraining_job, daily_cleaning_job, error_analysis_job, preference_training_job,
-              embedding_training_job, weekly_dataset_job],
+              embedding_training_job, weekly_dataset_job, lifecycle.model_cleanup_job, lifecycle.rollback_job],
         schedules=[weekly_retraining_schedule, daily_cleaning_schedule, weekly_error_analysis_schedule,
-                   weekly_dataset_schedule],
+                   weekly_dataset_schedule, lifecycle.model_cleanup_schedule],
         sensors=[build_retraining_sensor(settings.retrain_min_new_feedback)],
         resources=build_resources(settings),
     )

@@ -31,6 +31,7 @@ class Settings:
     retrain_min_new_feedback: int
     chat_model_name: str
     embedding_model_name: str
+    reward_model_name: str
 
     @cached_property
     def models_dir(self) -> Path:
@@ -64,4 +65,5 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         retrain_min_new_feedback=int(env.get("RETRAIN_MIN_NEW_FEEDBACK", "200")),
         chat_model_name=env.get("CHAT_REGISTERED_MODEL", "feedback-chat"),
         embedding_model_name=env.get("EMBEDDING_REGISTERED_MODEL", "feedback-embedder"),
+        reward_model_name=env.get("REWARD_REGISTERED_MODEL", "feedback-reward"),
     )

@@ -239,10 +239,13 @@ def _records(pairs: pd.DataFrame) -> list[dict]:
     return [{k: v for k, v in r.items()} for r in clean.to_dict(orient="records")]
 
 
-def export_pairs(pairs: pd.DataFrame, directory: str | Path, min_train_pairs: int = 1) -> dict[str, Path]:
+def export_pairs(pairs: pd.DataFrame, directory: str | Path, min_train_pairs: int = 1,
+                 fingerprinted: bool = False) -> dict[str, Path]:
     """Write ``pairs.jsonl``, ``pairs.csv``, one ``<split>.jsonl`` per split (the trainer's ``train_file``), an HF
     ``DatasetDict`` folder (``hf/``, one dataset per split) and ``manifest.json`` (sha256 fingerprint of the
-    content, counts, feedback ids per split). Returns the paths by kind."""
+    content, counts, feedback ids per split). Returns the paths by kind. ``fingerprinted`` writes into
+    ``directory/<fingerprint[:16]>/`` instead, so every registered embedder keeps the exact pairs it was trained on
+    (lineage, trained-on) and the same pairs reuse the same folder."""
     from datasets import Dataset, DatasetDict
 
     if "split" not in pairs:
@@ -250,11 +253,11 @@ def export_pairs(pairs: pd.DataFrame, directory: str | Path, min_train_pairs: in
     n_train = int((pairs["split"] == "train").sum())
     if n_train < min_train_pairs:
         raise InsufficientDataError(f"embedding pairs: {n_train} training pairs, fewer than {min_train_pairs}")
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     records = _records(pairs)
     lines = [json.dumps(r, ensure_ascii=False, sort_keys=True, default=str) for r in records]
     fingerprint = hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest()
+    directory = Path(directory) / fingerprint[:16] if fingerprinted else Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
 
     paths = {"jsonl": directory / "pairs.jsonl", "csv": directory / "pairs.csv", "hf": directory / "hf",
              "manifest": directory / "manifest.json"}

@@ -9,24 +9,31 @@ from feedback_pipeline.defs.resources import FeedbackStoreResource
 
 WEEKLY_DATASETS = ("weekly_sft_dataset", "weekly_kto_dataset")
 
+# Every stage from raw feedback to a promotion decision, for every model family, named positively so that a new
+# asset joins a job only when it is added here.
+RELEASE_DECISIONS = ("chat_promotion_decision", "chat_preference_promotion_decision", "embedder_promotion_decision",
+                     "reward_promotion_decision")
+REPORTS = ("feedback_quality_report", "error_patterns", "improvement_suggestions")
+
 # In-process: on a small machine a subprocess per step costs more (imports of torch, transformers ...)
 # than most steps themselves, and training steps must not compete for the same cores anyway.
 retraining_job = dg.define_asset_job(
     "retraining_job",
-    selection=dg.AssetSelection.all() - dg.AssetSelection.assets("daily_cleaned_feedback", *WEEKLY_DATASETS)
-    - dg.AssetSelection.groups("preference", "embedding"),
+    selection=(dg.AssetSelection.assets(*RELEASE_DECISIONS, *REPORTS, "merged_chat_model").upstream()
+               - dg.AssetSelection.assets("daily_cleaned_feedback")),
     executor_def=dg.in_process_executor,
-    description="Feedback -> cleaned -> reports -> datasets -> LoRA adapter -> evaluation -> registered challenger.")
+    description="Feedback -> cleaned -> reports -> datasets -> chat SFT, chat preference (KTO), embedder and reward "
+                "model -> each compared with its champion -> promotion decisions.")
 
 preference_training_job = dg.define_asset_job(
     "preference_training_job", executor_def=dg.in_process_executor,
-    selection=dg.AssetSelection.groups("preference").upstream() - dg.AssetSelection.assets("daily_cleaned_feedback"),
-    description="KTO or DPO LoRA adapter from the newest feedback, registered as a challenger.")
+    selection=dg.AssetSelection.assets("chat_preference_promotion_decision").upstream(),
+    description="KTO or DPO LoRA adapter from the newest feedback, compared with the champion, decided.")
 
 embedding_training_job = dg.define_asset_job(
     "embedding_training_job", executor_def=dg.in_process_executor,
-    selection=dg.AssetSelection.groups("embedding").upstream() - dg.AssetSelection.assets("daily_cleaned_feedback"),
-    description="Fine-tune the retrieval embedder on liked answers' documents, registered as a challenger.")
+    selection=dg.AssetSelection.assets("embedder_promotion_decision").upstream(),
+    description="Fine-tune the retrieval embedder on liked answers' documents, compared with the champion, decided.")
 
 daily_cleaning_job = dg.define_asset_job(
     "daily_cleaning_job", selection=dg.AssetSelection.assets("daily_cleaned_feedback"),

@@ -11,7 +11,11 @@ import pandas as pd
 from pydantic import Field
 
 from feedback_pipeline.datasets.embedding_pairs import export_pairs, pairs_from_feedback
-from feedback_pipeline.defs.resources import MlflowResource, WorkspaceResource
+from feedback_pipeline.defs.release import GateConfig, act_on_decision, decision_check
+from feedback_pipeline.defs.resources import FeedbackStoreResource, MlflowResource, WorkspaceResource
+from feedback_pipeline.evaluation.gate import Evidence, decide
+from feedback_pipeline.release.champions import embedder_champion
+from feedback_pipeline.tracking.registry import registration_tags
 
 
 @dg.asset(group_name="embedding", kinds={"json", "csv"},
@@ -19,7 +23,8 @@ from feedback_pipeline.defs.resources import MlflowResource, WorkspaceResource
 def embedding_pairs(context: dg.AssetExecutionContext, cleaned_feedback: pd.DataFrame,
                     workspace: WorkspaceResource) -> dict:
     pairs = pairs_from_feedback(cleaned_feedback)
-    paths = export_pairs(pairs, workspace.path("datasets", "embedding_pairs"), min_train_pairs=20)
+    paths = export_pairs(pairs, workspace.path("datasets", "embedding_pairs"), min_train_pairs=20,
+                         fingerprinted=True)
     manifest = json.loads(paths["manifest"].read_text())
     counts = pairs["split"].value_counts().to_dict()
     context.add_output_metadata({"train_pairs": int(counts.get("train", 0)), "eval_pairs": int(counts.get("eval", 0)),
@@ -58,8 +63,84 @@ def embedding_model(context: dg.AssetExecutionContext, config: EmbedderTrainingC
         result = main(cfg, log=context.log.info)
         mlflow.log_metrics({"final_train_loss": result.final_train_loss, "pairs_per_s": result.examples_per_s})
     version = register_embedder(run.info.run_id, result.model_dir, mlflow_tracking.embedding_model_name,
-                                tags={"dataset_fingerprint": embedding_pairs["fingerprint"]})
+                                tags=registration_tags("embedder", embedding_pairs, [result.model_dir],
+                                                       model_dir=result.model_dir))
     context.add_output_metadata({"steps": result.steps, "final_train_loss": result.final_train_loss,
                                  "pairs_per_s": result.examples_per_s, "mlflow_run_id": run.info.run_id,
                                  "registered_version": version})
-    return {"model_dir": result.model_dir, "run_id": run.info.run_id, "version": version}
+    return {"model_dir": result.model_dir, "run_id": run.info.run_id, "version": version,
+            "name": mlflow_tracking.embedding_model_name}
+
+
+class EmbedderEvaluationConfig(dg.Config):
+    max_queries: int | None = Field(300, description="Held-out queries scored (None: all of them).")
+    k: int = Field(10, description="Cut-off of nDCG, MRR and Recall.")
+    seed: int = Field(0, description="Bootstrap seed.")
+
+
+@dg.asset(group_name="embedding", kinds={"pytorch"},
+          description="nDCG@10, MRR@10 and Recall@10 of the new embedder and of the feedback-embedder champion (the "
+                      "base model as version 0) on held-out query -> document pairs, paired per query.")
+def embedding_model_evaluation(context: dg.AssetExecutionContext, config: EmbedderEvaluationConfig,
+                               embedding_model: dict, embedding_pairs: dict, workspace: WorkspaceResource,
+                               mlflow_tracking: MlflowResource) -> dict:
+    from sentence_transformers import SentenceTransformer
+
+    from feedback_pipeline.datasets.build import read_jsonl
+    from feedback_pipeline.evaluation.embedder_compare import compare_embedders, retrieval_task
+
+    if "eval" not in embedding_pairs:
+        raise ValueError("embedding_pairs has no eval split: no held-out queries to compare the embedders on")
+    task = retrieval_task(read_jsonl(embedding_pairs["train"]), read_jsonl(embedding_pairs["eval"]),
+                          max_queries=config.max_queries)
+    mlflow_tracking.activate()
+    champ = embedder_champion(mlflow.MlflowClient(), embedding_model["name"], workspace.embedding_model_path())
+    intervals = compare_embedders(SentenceTransformer(champ.path, device="cpu"),
+                                  SentenceTransformer(embedding_model["model_dir"], device="cpu"), task, k=config.k,
+                                  seed=config.seed)
+    flat = {f"{m}_{side}": getattr(iv, side) for m, iv in intervals.items()
+            for side in ("champion", "challenger", "diff", "ci_low", "ci_high")}
+    with mlflow.start_run(run_id=embedding_model["run_id"]):
+        mlflow.log_metrics({f"gate_{k.replace('@', '_at_')}": v for k, v in flat.items()})
+    context.add_output_metadata({**flat, "champion": champ.label, "queries": len(task.qrels),
+                                 "corpus": len(task.corpus)})
+    return {"intervals": intervals, "champion": champ.label, "champion_version": champ.version,
+            "run_id": embedding_model["run_id"], "version": embedding_model["version"], "name": embedding_model["name"],
+            "k": config.k}
+
+
+@dg.asset_check(asset=embedding_model_evaluation, blocking=True,
+                description="Enough held-out queries were scored and every metric is finite.")
+def check_embedder_evaluation_complete(embedding_model_evaluation: dict) -> dg.AssetCheckResult:
+    import math
+
+    intervals = embedding_model_evaluation["intervals"]
+    finite = all(math.isfinite(v) for iv in intervals.values() for v in (iv.champion, iv.challenger, iv.ci_low))
+    n = min(iv.n for iv in intervals.values())
+    return dg.AssetCheckResult(passed=finite and n >= 10, metadata={"queries": n, "finite": finite})
+
+
+class EmbedderGateConfig(GateConfig):
+    primary_metric: str = Field("ndcg@10", description="ndcg@K | mrr@K | recall@K (K = the evaluation's k).")
+
+
+@dg.asset(group_name="embedding", kinds={"mlflow"},
+          description="promote / keep / needs_review for the new embedder (moves feedback-embedder@champion).")
+def embedder_promotion_decision(context: dg.AssetExecutionContext, config: EmbedderGateConfig,
+                                embedding_model_evaluation: dict, feedback_store: FeedbackStoreResource,
+                                mlflow_tracking: MlflowResource) -> dict:
+    ev = embedding_model_evaluation
+    if config.primary_metric not in ev["intervals"]:
+        raise ValueError(f"primary_metric {config.primary_metric!r} not measured; measured: {sorted(ev['intervals'])}")
+    secondary = [Evidence(m, "secondary", iv.champion, iv.challenger, iv.diff, iv.ci_low, iv.ci_high, iv.n, None)
+                 for m, iv in ev["intervals"].items() if m != config.primary_metric]
+    decision = decide(config.policy(), ev["intervals"][config.primary_metric], secondary=secondary)
+    mlflow_tracking.activate()
+    return act_on_decision(context, feedback_store.store(), ev["name"], ev["version"], "embedder", decision,
+                           ev["run_id"], ev["champion_version"], extra={"compared_with_label": ev["champion"]})
+
+
+@dg.asset_check(asset=embedder_promotion_decision, blocking=True,
+                description="The registry's champion alias agrees with the decision.")
+def check_embedder_decision_applied(embedder_promotion_decision: dict) -> dg.AssetCheckResult:
+    return decision_check(embedder_promotion_decision)

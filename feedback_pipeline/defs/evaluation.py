@@ -1,61 +1,164 @@
-"""chat_model_evaluation and chat_model_version: base vs candidate on held-out feedback, then registration."""
+"""chat_model_evaluation, chat_model_version and chat_promotion_decision: the SFT candidate against the champion.
 
+The evaluation body is shared with the preference candidate (``evaluate_chat_candidate``): same held-out data, same
+judge, same gold set, so the two candidates are judged alike.
+"""
 
 import math
+from dataclasses import fields
+from pathlib import Path
 
 import dagster as dg
 import mlflow
+import pandas as pd
 from pydantic import Field
 
 from feedback_pipeline.datasets.build import read_jsonl
-from feedback_pipeline.defs.resources import MlflowResource
-from feedback_pipeline.evaluation.chat_eval import compare_chat_models
-from feedback_pipeline.tracking.registry import CHALLENGER, register_chat_adapter
+from feedback_pipeline.defs.release import GateConfig, act_on_decision, decision_check
+from feedback_pipeline.defs.resources import FeedbackStoreResource, MlflowResource, WorkspaceResource
+from feedback_pipeline.evaluation.chat_compare import (ChatCompareOptions, ChatGuardrailTolerances,
+                                                       chat_decision, compare_chat_with_champion)
+from feedback_pipeline.evaluation.gold import seed_gold_set
+from feedback_pipeline.release.champions import chat_champion
+from feedback_pipeline.tracking.registry import CHALLENGER, register_chat_adapter, registration_tags
+
+_OPTIONS = {f.name: f.default for f in fields(ChatCompareOptions)}
+_TOLERANCES = {f.name: f.default for f in fields(ChatGuardrailTolerances)}
+SEGMENT_COLUMNS = ("model_name", "intent", "project", "subject")
 
 
 class ChatEvaluationConfig(dg.Config):
-    max_per_label: int = Field(40, description="Held-out liked and disliked responses scored per label.")
-    max_length: int = Field(256, description="Tokens per scored example.")
-    max_nll_increase: float = Field(0.05, description="Relative rise in held-out NLL on liked responses that blocks registration.")
+    n_generated: int = Field(_OPTIONS["n_generated"], description="Held-out prompts both models answer and the "
+                                                                  "reward model judges (scheduled runs can use more).")
+    max_new_tokens: int = Field(_OPTIONS["max_new_tokens"], description="Tokens per generated answer.")
+    batch_size: int = Field(_OPTIONS["batch_size"], description="Prompts generated together.")
+    max_liked: int = Field(_OPTIONS["max_liked"], description="Held-out liked answers scored for NLL.")
+    max_pairs: int = Field(_OPTIONS["max_pairs"], description="Held-out chosen/rejected pairs scored.")
+    max_gold: int = Field(_OPTIONS["max_gold"], description="Gold-set prompts answered (BLEU, chrF, ROUGE-L).")
+    max_length: int = Field(_OPTIONS["max_length"], description="Tokens per scored example / prompt.")
+    gold_set_size: int = Field(50, description="Items seeded into the gold set the first time (edit the file later).")
+    seed: int = Field(_OPTIONS["seed"], description="Sample of held-out prompts and bootstrap seed.")
+
+    def options(self) -> ChatCompareOptions:
+        return ChatCompareOptions(**{k: getattr(self, k) for k in _OPTIONS})
+
+
+def evaluate_chat_candidate(context: dg.AssetExecutionContext, config: ChatEvaluationConfig, candidate: dict,
+                            kto_dataset: dict, dpo_dataset: dict, cleaned_feedback: pd.DataFrame, judge: dict,
+                            workspace: WorkspaceResource, mlflow_tracking: MlflowResource) -> dict:
+    """Compare ``candidate`` (adapter_dir, base_model_path, run_id) with the feedback-chat champion."""
+    from feedback_pipeline.evaluation.reward_eval import RewardScorer
+
+    mlflow_tracking.activate()
+    name = mlflow_tracking.chat_model_name
+    champ = chat_champion(mlflow.MlflowClient(), name)
+    if champ.base_model_path and Path(champ.base_model_path).resolve() != Path(candidate["base_model_path"]).resolve():
+        raise ValueError(f"the champion {champ.label} was trained on base {champ.base_model_path}, the candidate on "
+                         f"{candidate['base_model_path']}: they cannot share one loaded base; evaluate by hand")
+    held_out = read_jsonl(Path(kto_dataset["eval_file"]))
+    # Seeded once from held-out liked answers, then a file people curate: an existing file is never overwritten.
+    gold = seed_gold_set(workspace.path("gold") / "chat_gold.jsonl", held_out, n=config.gold_set_size,
+                         seed=config.seed)
+    segments = (cleaned_feedback.drop_duplicates("id").set_index("id")[list(SEGMENT_COLUMNS)]
+                .astype(object).where(lambda f: f.notna(), None).to_dict(orient="index"))
+    comparison = compare_chat_with_champion(
+        candidate["base_model_path"], champ.path, candidate["adapter_dir"], held_out,
+        read_jsonl(Path(dpo_dataset["eval_file"])), RewardScorer(judge["model_dir"]), judge["ref"], champ.label,
+        gold=gold, options=config.options(), segment_of=lambda fid: segments.get(fid, {}),
+        cache_dir=workspace.path("cache", "answers"), log=context.log.info)
+    metrics = comparison.metrics()
+    with mlflow.start_run(run_id=candidate["run_id"]):
+        mlflow.log_metrics({f"gate_{k}": v for k, v in metrics.items() if math.isfinite(v)})
+        mlflow.set_tags({"gate_judge": judge["ref"], "gate_champion": champ.label, "gold_set_version": gold.version})
+        mlflow.log_dict({"examples": comparison.examples}, "gate/generated_examples.json")
+    context.add_output_metadata({**{k: v for k, v in metrics.items() if math.isfinite(v)},
+                                 "champion": champ.label, "judge": judge["ref"], "judge_vetted": judge["vetted"],
+                                 "gold_set": f"{gold.path} ({gold.version}, {len(gold.items)} items)",
+                                 "examples": dg.MetadataValue.json(comparison.examples)})
+    return {"comparison": comparison, "champion_version": champ.version, "champion": champ.label,
+            "run_id": candidate["run_id"], "judge": judge["ref"], "gold_set_version": gold.version}
+
+
+def evaluation_complete_check(evaluation: dict) -> dg.AssetCheckResult:
+    """Every number the gate reads is finite and the judge answered for every prompt."""
+    comparison = evaluation["comparison"]
+    numbers = comparison.metrics()
+    bad = sorted(k for k, v in numbers.items() if not math.isfinite(v) and not k.endswith(("_ci_low", "_ci_high")))
+    n = int(comparison.win["n"])
+    return dg.AssetCheckResult(passed=not bad and n > 0,
+                               metadata={"generated_prompts": n, "non_finite": ", ".join(bad) or "none",
+                                         "judge": evaluation["judge"]})
+
+
+def decide_chat(context: dg.AssetExecutionContext, config: GateConfig, evaluation: dict, version: str,
+                family: str, store, mlflow_tracking: MlflowResource) -> dict:
+    tolerances = ChatGuardrailTolerances(**{k: getattr(config, k) for k in _TOLERANCES})
+    decision = chat_decision(evaluation["comparison"], config.policy(), tolerances)
+    mlflow_tracking.activate()
+    return act_on_decision(context, store, mlflow_tracking.chat_model_name, version, family, decision,
+                           evaluation["run_id"], evaluation["champion_version"],
+                           extra={"judge": evaluation["judge"], "gold_set_version": evaluation["gold_set_version"],
+                                  "compared_with_label": evaluation["champion"]})
 
 
 @dg.asset(group_name="evaluation", kinds={"pytorch", "mlflow"},
-          description="Held-out NLL/perplexity on liked responses and the preference margin, base vs candidate.")
+          description="The SFT candidate vs the feedback-chat champion (the base as version 0) on held-out feedback: "
+                      "liked-answer NLL, preference accuracy, reward-judged win rate of generated answers (raw and "
+                      "length-controlled), guardrails, segments and the gold set.")
 def chat_model_evaluation(context: dg.AssetExecutionContext, config: ChatEvaluationConfig, chat_adapter: dict,
-                          kto_dataset: dict, mlflow_tracking: MlflowResource) -> dict:
-    held_out = read_jsonl(kto_dataset["eval_file"])
-    examples = {label: [{"prompt": r["prompt"], "response": r["completion"][-1]["content"]}
-                        for r in held_out if r["label"] is label][: config.max_per_label] for label in (True, False)}
-    metrics = compare_chat_models(chat_adapter["base_model_path"], chat_adapter["adapter_dir"], examples[True],
-                                  examples[False], max_length=config.max_length)
-    mlflow_tracking.activate()
-    with mlflow.start_run(run_id=chat_adapter["run_id"]):
-        mlflow.log_metrics({f"eval_{k}": float(v) for k, v in metrics.items()})
-    context.add_output_metadata({k: float(v) for k, v in metrics.items()})
-    return {"metrics": metrics, "run_id": chat_adapter["run_id"], "max_nll_increase": config.max_nll_increase}
+                          kto_dataset: dict, dpo_dataset: dict, cleaned_feedback: pd.DataFrame,
+                          reward_promotion_decision: dict, workspace: WorkspaceResource,
+                          mlflow_tracking: MlflowResource) -> dict:
+    return evaluate_chat_candidate(context, config, chat_adapter, kto_dataset, dpo_dataset, cleaned_feedback,
+                                   reward_promotion_decision["judge"], workspace, mlflow_tracking)
 
 
 @dg.asset_check(asset=chat_model_evaluation, blocking=True,
-                description="The candidate must not be worse than the base on held-out liked responses.")
-def check_candidate_not_worse(chat_model_evaluation: dict) -> dg.AssetCheckResult:
-    m = chat_model_evaluation["metrics"]
-    limit = m["base_nll"] * (1 + chat_model_evaluation["max_nll_increase"])
-    finite = all(math.isfinite(float(m[k])) for k in ("base_nll", "candidate_nll", "preference_margin"))
-    return dg.AssetCheckResult(
-        passed=finite and m["candidate_nll"] <= limit,
-        metadata={"base_nll": m["base_nll"], "candidate_nll": m["candidate_nll"],
-                  "allowed_max": limit, "all_finite": finite})
+                description="The comparison is complete: every metric finite, every prompt judged.")
+def check_chat_evaluation_complete(chat_model_evaluation: dict) -> dg.AssetCheckResult:
+    return evaluation_complete_check(chat_model_evaluation)
 
 
 @dg.asset(group_name="evaluation", kinds={"mlflow"},
-          description="The candidate registered in MLflow as a new version with alias 'challenger'.")
-def chat_model_version(context: dg.AssetExecutionContext, chat_adapter: dict, chat_model_evaluation: dict,
-                       mlflow_tracking: MlflowResource) -> dict:
+          description="The SFT candidate registered in MLflow as a new feedback-chat version with alias 'challenger'.")
+def chat_model_version(context: dg.AssetExecutionContext, chat_adapter: dict, sft_dataset: dict,
+                       chat_model_evaluation: dict, mlflow_tracking: MlflowResource) -> dict:
     mlflow_tracking.activate()
     name = mlflow_tracking.chat_model_name
+    adapter = chat_adapter["adapter_dir"]
     version = register_chat_adapter(
-        chat_adapter["run_id"], chat_adapter["adapter_dir"], chat_adapter["base_model_path"], name,
-        alias=CHALLENGER, tags={"dataset_fingerprint": chat_adapter["dataset_fingerprint"]})
+        chat_adapter["run_id"], adapter, chat_adapter["base_model_path"], name, alias=CHALLENGER,
+        tags=registration_tags("chat_sft", sft_dataset, [adapter], adapter_dir=adapter,
+                               base_model_path=chat_adapter["base_model_path"]))
     context.add_output_metadata({"registered_model": name, "version": version, "alias": CHALLENGER,
-                                 "uri": f"models:/{name}@{CHALLENGER}", "mlflow_run_id": chat_adapter["run_id"]})
+                                 "uri": f"models:/{name}/{version}", "mlflow_run_id": chat_adapter["run_id"]})
     return {"name": name, "version": version, "alias": CHALLENGER, "run_id": chat_adapter["run_id"]}
+
+
+class ChatGateConfig(GateConfig):
+    primary_metric: str = Field("lc_win_rate", description="lc_win_rate | win_rate | reward | preference_accuracy "
+                                                           "| liked_logprob | gold_chrf.")
+    length_relative: float = Field(_TOLERANCES["length_relative"], description="Allowed relative change of the mean "
+                                                                               "answer length, either way.")
+    refusal_rate: float = Field(_TOLERANCES["refusal_rate"], description="Allowed rise of the refusal rate.")
+    repetition_rate: float = Field(_TOLERANCES["repetition_rate"], description="Allowed rise of repetitive answers.")
+    empty_rate: float = Field(_TOLERANCES["empty_rate"], description="Allowed rise of empty answers.")
+    liked_nll_relative: float = Field(_TOLERANCES["liked_nll_relative"], description="Allowed relative rise of the "
+                                                                                     "held-out NLL of liked answers.")
+
+
+@dg.asset(group_name="evaluation", kinds={"mlflow"},
+          description="promote / keep / needs_review for the SFT candidate; on promote feedback-chat@champion moves "
+                      "to it and the old champion becomes previous_champion. Recorded in model_deployments.")
+def chat_promotion_decision(context: dg.AssetExecutionContext, config: ChatGateConfig, chat_model_evaluation: dict,
+                            chat_model_version: dict, feedback_store: FeedbackStoreResource,
+                            mlflow_tracking: MlflowResource) -> dict:
+    return decide_chat(context, config, chat_model_evaluation, chat_model_version["version"], "chat_sft",
+                       feedback_store.store(), mlflow_tracking)
+
+
+@dg.asset_check(asset=chat_promotion_decision, blocking=True,
+                description="The registry's champion alias agrees with the decision.")
+def check_chat_decision_applied(chat_promotion_decision: dict) -> dg.AssetCheckResult:
+    return decision_check(chat_promotion_decision)
+

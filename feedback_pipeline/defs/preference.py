@@ -13,8 +13,11 @@ from pydantic import Field
 
 from feedback_pipeline.datasets.preference import build_dpo_dataset
 from feedback_pipeline.defs.datasets import describe_dataset, identifiers_check, leakage_check
-from feedback_pipeline.defs.resources import MlflowResource, WorkspaceResource
-from feedback_pipeline.tracking.registry import CHALLENGER, register_chat_adapter
+from feedback_pipeline.defs.evaluation import (ChatEvaluationConfig, ChatGateConfig, decide_chat,
+                                               evaluate_chat_candidate, evaluation_complete_check)
+from feedback_pipeline.defs.release import decision_check
+from feedback_pipeline.defs.resources import FeedbackStoreResource, MlflowResource, WorkspaceResource
+from feedback_pipeline.tracking.registry import CHALLENGER, register_chat_adapter, registration_tags
 
 
 @dg.asset(group_name="preference", kinds={"json"},
@@ -74,11 +77,46 @@ def chat_preference_adapter(context: dg.AssetExecutionContext, config: Preferenc
             metrics["eval_loss"] = result.eval_loss
         mlflow.log_metrics(metrics)
         mlflow.log_artifacts(result.adapter_dir, artifact_path="adapter")
-    version = register_chat_adapter(run.info.run_id, result.adapter_dir, cfg.base_model_path,
-                                    mlflow_tracking.chat_model_name, alias=CHALLENGER,
-                                    tags={"dataset_fingerprint": data["fingerprint"], "method": config.method})
+    version = register_chat_adapter(
+        run.info.run_id, result.adapter_dir, cfg.base_model_path, mlflow_tracking.chat_model_name, alias=CHALLENGER,
+        tags=registration_tags("chat_preference", data, [result.adapter_dir], adapter_dir=result.adapter_dir,
+                               base_model_path=cfg.base_model_path, method=config.method))
     context.add_output_metadata({**metrics, "method": config.method, "steps": result.steps,
                                  "stopped_early": result.stopped_early, "resumed_from": result.resumed_from or "none",
                                  "mlflow_run_id": run.info.run_id, "registered_version": version})
     return {"adapter_dir": result.adapter_dir, "run_id": run.info.run_id, "version": version,
             "method": config.method, "base_model_path": cfg.base_model_path, **metrics}
+
+
+@dg.asset(group_name="preference", kinds={"pytorch", "mlflow"},
+          description="The preference candidate vs the feedback-chat champion, on the same held-out data, judge and "
+                      "gold set as the SFT candidate.")
+def chat_preference_evaluation(context: dg.AssetExecutionContext, config: ChatEvaluationConfig,
+                               chat_preference_adapter: dict, kto_dataset: dict, dpo_dataset: dict,
+                               cleaned_feedback: pd.DataFrame, reward_promotion_decision: dict,
+                               workspace: WorkspaceResource, mlflow_tracking: MlflowResource) -> dict:
+    return evaluate_chat_candidate(context, config, chat_preference_adapter, kto_dataset, dpo_dataset,
+                                   cleaned_feedback, reward_promotion_decision["judge"], workspace, mlflow_tracking)
+
+
+@dg.asset_check(asset=chat_preference_evaluation, blocking=True,
+                description="The comparison is complete: every metric finite, every prompt judged.")
+def check_chat_preference_evaluation_complete(chat_preference_evaluation: dict) -> dg.AssetCheckResult:
+    return evaluation_complete_check(chat_preference_evaluation)
+
+
+@dg.asset(group_name="preference", kinds={"mlflow"},
+          description="promote / keep / needs_review for the preference candidate (moves feedback-chat@champion on "
+                      "promote).")
+def chat_preference_promotion_decision(context: dg.AssetExecutionContext, config: ChatGateConfig,
+                                       chat_preference_evaluation: dict, chat_preference_adapter: dict,
+                                       feedback_store: FeedbackStoreResource,
+                                       mlflow_tracking: MlflowResource) -> dict:
+    return decide_chat(context, config, chat_preference_evaluation, chat_preference_adapter["version"],
+                       "chat_preference", feedback_store.store(), mlflow_tracking)
+
+
+@dg.asset_check(asset=chat_preference_promotion_decision, blocking=True,
+                description="The registry's champion alias agrees with the decision.")
+def check_chat_preference_decision_applied(chat_preference_promotion_decision: dict) -> dg.AssetCheckResult:
+    return decision_check(chat_preference_promotion_decision)

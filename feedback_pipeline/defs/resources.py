@@ -28,6 +28,10 @@ class MlflowResource(dg.ConfigurableResource):
     experiment: str = "feedback_pipeline"
     chat_model_name: str = "feedback-chat"
     embedding_model_name: str = "feedback-embedder"
+    reward_model_name: str = "feedback-reward"
+
+    def model_names(self) -> list[str]:
+        return [self.chat_model_name, self.embedding_model_name, self.reward_model_name]
 
     def activate(self) -> str:
         """Point the mlflow client at this store; returns the experiment id."""

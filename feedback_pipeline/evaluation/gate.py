@@ -104,8 +104,9 @@ class GateDecision:
             "", "| metric | role | champion | challenger | diff | 95% CI | n | passed |", "|---|---|---|---|---|---|---|---|"]
         for e in self.evidence:
             passed = "" if e.passed is None else ("yes" if e.passed else "**no**")
+            interval = f"[{e.ci_low:+.4f}, {e.ci_high:+.4f}]" if math.isfinite(e.ci_low) else "-"
             lines.append(f"| {e.name} | {e.role} | {e.champion:.4f} | {e.challenger:.4f} | {e.diff:+.4f} | "
-                         f"[{e.ci_low:+.4f}, {e.ci_high:+.4f}] | {e.n} | {passed} |")
+                         f"{interval} | {e.n} | {passed} |")
         return "\n".join(lines)
 
 

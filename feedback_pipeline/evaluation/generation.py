@@ -92,7 +92,8 @@ class ChatGenerator:
             ids.append(self.tokenizer(text, add_special_tokens=False)["input_ids"])
         return ids
 
-    def _adapter(self, name: str) -> contextlib.AbstractContextManager:
+    def use(self, name: str) -> contextlib.AbstractContextManager:
+        """Make model ``name`` the active one for the block (also for scoring with the loaded ``model``)."""
         if name not in self.adapters:
             raise KeyError(f"unknown model {name!r}; loaded: {sorted(self.adapters)}")
         if self.adapters[name] is None:
@@ -116,7 +117,7 @@ class ChatGenerator:
         order = sorted(range(len(encoded)), key=lambda i: (len(encoded[i]), i))
         answers: list[str] = [""] * len(encoded)
         new_tokens, started = 0, time.perf_counter()
-        with self._adapter(name), torch.inference_mode():
+        with self.use(name), torch.inference_mode():
             for start in range(0, len(order), batch_size):
                 rows = order[start:start + batch_size]
                 width = max(len(encoded[i]) for i in rows)

@@ -6,6 +6,7 @@ folder in ``model_config``: the 0.5 GB base is shared by every version instead o
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import mlflow
@@ -80,3 +81,11 @@ def version_by_alias(model_name: str, alias: str):
         return MlflowClient().get_model_version_by_alias(model_name, alias)
     except mlflow.exceptions.MlflowException:
         return None
+
+
+def registration_tags(family: str, dataset: dict, artifact_dirs: list[str], **extra: str) -> dict[str, str]:
+    """Tags every registered version carries, read by the release tools (lineage, trained-on, cleanup):
+    its family, the dataset it was trained on (fingerprint and manifest path) and its local folders."""
+    manifest = dataset.get("manifest") or str(Path(dataset["directory"]) / "manifest.json")
+    return {"family": family, "dataset_fingerprint": dataset["fingerprint"], "dataset_manifest": str(manifest),
+            "artifact_dirs": json.dumps([str(d) for d in artifact_dirs]), **{k: str(v) for k, v in extra.items()}}

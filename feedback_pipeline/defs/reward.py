@@ -1,0 +1,156 @@
+"""reward_model, its evaluation against the champion reward model, and its promotion decision.
+
+The reward model is trained on the same feedback (dpo_dataset: sibling ranks and liked vs disliked answers to one
+prompt) and judges the chat models' generated answers in chat_model_evaluation. Its own bar: held-out pairwise
+accuracy above the champion's, where the champion of a first reward model is the "longer answer wins" rule.
+"""
+
+from dataclasses import fields
+
+import dagster as dg
+import mlflow
+import numpy as np
+from pydantic import Field
+
+from feedback_pipeline.datasets.build import read_jsonl
+from feedback_pipeline.defs.release import GateConfig, act_on_decision, decision_check
+from feedback_pipeline.defs.resources import FeedbackStoreResource, MlflowResource, WorkspaceResource
+from feedback_pipeline.evaluation.gate import Evidence, decide, paired_interval, win_outcomes
+from feedback_pipeline.release.champions import reward_champion
+from feedback_pipeline.tracking.registry import CHALLENGER, registration_tags
+from feedback_pipeline.training.reward import RewardConfig
+
+_DEFAULTS = {f.name: f.default for f in fields(RewardConfig)}
+
+
+class RewardTrainingConfig(dg.Config):
+    backbone: str = Field(_DEFAULTS["backbone"], description="minilm (cross-encoder) | smollm2 (LoRA) | a local folder.")
+    max_steps: int = Field(_DEFAULTS["max_steps"], description="Optimizer steps.")
+    batch_size: int = Field(_DEFAULTS["per_device_train_batch_size"], description="Pairs per step.")
+    learning_rate: float = Field(_DEFAULTS["learning_rate"], description="Peak AdamW learning rate.")
+    max_length: int = Field(_DEFAULTS["max_length"], description="Tokens of prompt + answer.")
+
+
+@dg.asset(group_name="reward", kinds={"pytorch", "mlflow"},
+          description="Reward model trained on dpo_dataset with trl's RewardTrainer; registered as a "
+                      "feedback-reward challenger.")
+def reward_model(context: dg.AssetExecutionContext, config: RewardTrainingConfig, dpo_dataset: dict,
+                 base_chat_model: dict, workspace: WorkspaceResource, mlflow_tracking: MlflowResource) -> dict:
+    from feedback_pipeline.training.reward import main, register_reward_model
+
+    tag = f"{config.backbone}-{dpo_dataset['fingerprint'][:12]}"
+    cfg = RewardConfig(train_file=dpo_dataset["train_file"], eval_file=dpo_dataset["eval_file"],
+                       output_dir=str(workspace.path("models", "reward", tag)), backbone=config.backbone,
+                       base_model_path=base_chat_model["path"], max_steps=config.max_steps,
+                       per_device_train_batch_size=config.batch_size, learning_rate=config.learning_rate,
+                       max_length=config.max_length)
+    mlflow_tracking.activate()
+    with mlflow.start_run(run_name=f"reward-{tag}") as run:
+        mlflow.set_tags({"stage": "reward", "dagster_run_id": context.run.run_id})
+        mlflow.log_params({"backbone": cfg.backbone, "max_steps": cfg.max_steps, "learning_rate": cfg.learning_rate,
+                           "batch_size": cfg.per_device_train_batch_size, "max_length": cfg.max_length,
+                           "dataset_fingerprint": dpo_dataset["fingerprint"]})
+        result = main(cfg, log=context.log.info)
+        metrics = {"final_train_loss": result.final_train_loss, "train_runtime_s": result.train_runtime_s}
+        mlflow.log_metrics(metrics)
+    version = register_reward_model(
+        run.info.run_id, result.model_dir, mlflow_tracking.reward_model_name, alias=CHALLENGER,
+        tags=registration_tags("reward", dpo_dataset, [result.model_dir], model_dir=result.model_dir))
+    context.add_output_metadata({**metrics, "steps": result.steps, "backbone": result.backbone,
+                                 "mlflow_run_id": run.info.run_id, "registered_version": version,
+                                 "model_dir": dg.MetadataValue.path(result.model_dir)})
+    return {"model_dir": result.model_dir, "run_id": run.info.run_id, "version": version,
+            "name": mlflow_tracking.reward_model_name, "dataset_fingerprint": dpo_dataset["fingerprint"]}
+
+
+def _pair_texts(pairs: list[dict]) -> tuple[list, list[str], list[str]]:
+    answer = lambda v: v[-1]["content"] if isinstance(v, list) else str(v)  # noqa: E731
+    return [p["prompt"] for p in pairs], [answer(p["chosen"]) for p in pairs], [answer(p["rejected"]) for p in pairs]
+
+
+class RewardEvaluationConfig(dg.Config):
+    max_pairs: int = Field(400, description="Held-out pairs scored (the eval split of dpo_dataset).")
+    seed: int = Field(0, description="Bootstrap seed.")
+
+
+@dg.asset(group_name="reward", kinds={"pytorch"},
+          description="Held-out pairwise accuracy of the new reward model and of the champion (or the longer-answer "
+                      "rule as version 0), paired per pair, with the rule's accuracy beside them.")
+def reward_model_evaluation(context: dg.AssetExecutionContext, config: RewardEvaluationConfig, reward_model: dict,
+                            dpo_dataset: dict, mlflow_tracking: MlflowResource) -> dict:
+    from feedback_pipeline.evaluation.reward_eval import RewardScorer, pairwise_accuracy
+
+    mlflow_tracking.activate()
+    pairs = read_jsonl(dpo_dataset["eval_file"])[: config.max_pairs]
+    prompts, chosen, rejected = _pair_texts(pairs)
+    lengths = (np.array([len(c) for c in chosen], float), np.array([len(r) for r in rejected], float))
+
+    def correct(model_dir: str | None) -> np.ndarray:
+        if model_dir is None:  # version 0: the longer answer wins
+            return win_outcomes(lengths[1], lengths[0])
+        scorer = RewardScorer(model_dir)
+        return win_outcomes(scorer.score(prompts, rejected), scorer.score(prompts, chosen))
+
+    champ = reward_champion(mlflow.MlflowClient(), reward_model["name"])
+    champion_correct, challenger_correct = correct(champ.path), correct(reward_model["model_dir"])
+    interval = paired_interval(champion_correct, challenger_correct, seed=config.seed)
+    scorer = RewardScorer(reward_model["model_dir"])
+    detail = pairwise_accuracy(scorer.score(prompts, chosen), scorer.score(prompts, rejected), *lengths,
+                               seed=config.seed)
+    with mlflow.start_run(run_id=reward_model["run_id"]):
+        mlflow.log_metrics({"eval_accuracy": detail["accuracy"], "eval_length_rule_accuracy":
+                            detail["length_rule_accuracy"], "eval_champion_accuracy": interval.champion})
+    shown = {k: v for k, v in detail.items() if isinstance(v, (int, float)) and v is not None}
+    context.add_output_metadata({**shown, "champion": champ.label, "champion_accuracy": interval.champion,
+                                 "challenger_accuracy": interval.challenger, "difference": interval.diff,
+                                 "difference_ci_low": interval.ci_low, "difference_ci_high": interval.ci_high})
+    return {"interval": interval, "detail": detail, "champion": champ.label, "champion_version": champ.version,
+            "run_id": reward_model["run_id"], "version": reward_model["version"], "name": reward_model["name"],
+            "model_dir": reward_model["model_dir"], "champion_dir": champ.path}
+
+
+@dg.asset_check(asset=reward_model_evaluation, blocking=True,
+                description="The evaluation scored enough held-out pairs and every number is finite.")
+def check_reward_evaluation_complete(reward_model_evaluation: dict) -> dg.AssetCheckResult:
+    iv = reward_model_evaluation["interval"]
+    finite = all(np.isfinite([iv.champion, iv.challenger, iv.ci_low, iv.ci_high]))
+    return dg.AssetCheckResult(passed=bool(finite and iv.n >= 20), metadata={"pairs": iv.n, "finite": bool(finite)})
+
+
+class RewardGateConfig(GateConfig):
+    primary_metric: str = Field("pairwise_accuracy", description="Held-out pairwise accuracy (ties half).")
+
+
+@dg.asset(group_name="reward", kinds={"mlflow"},
+          description="promote / keep / needs_review for the new reward model; moves feedback-reward@champion on "
+                      "promote. Hands the judge to use (the champion, else this candidate) to the chat evaluations.")
+def reward_promotion_decision(context: dg.AssetExecutionContext, config: RewardGateConfig,
+                              reward_model_evaluation: dict, feedback_store: FeedbackStoreResource,
+                              mlflow_tracking: MlflowResource) -> dict:
+    ev = reward_model_evaluation
+    iv, detail = ev["interval"], ev["detail"]
+    rule = Evidence("length_rule_accuracy", "secondary", detail["length_rule_accuracy"], detail["accuracy"],
+                    detail["accuracy"] - detail["length_rule_accuracy"],
+                    detail["difference_vs_length_rule_ci_low"] or float("nan"),
+                    detail["difference_vs_length_rule_ci_high"] or float("nan"), detail["n_pairs"], None,
+                    "the longer-answer rule on the same pairs (champion column)")
+    decision = decide(config.policy(), iv, secondary=[rule])
+    mlflow_tracking.activate()
+    result = act_on_decision(context, feedback_store.store(), ev["name"], ev["version"], "reward", decision,
+                             ev["run_id"], ev["champion_version"], extra={"compared_with_label": ev["champion"]})
+    # The judge of generated answers: the champion reward model; a candidate that was not promoted still judges
+    # while no reward model is champion (the metric names it, so nobody mistakes it for a vetted judge).
+    if result["champion"] == ev["version"]:
+        judge = {"ref": f"{ev['name']}/{ev['version']}", "model_dir": ev["model_dir"], "vetted": True}
+    elif result["champion"] is not None:
+        judge = {"ref": f"{ev['name']}/{result['champion']}", "model_dir": ev["champion_dir"], "vetted": True}
+    else:
+        judge = {"ref": f"{ev['name']}/{ev['version']} (not champion)", "model_dir": ev["model_dir"], "vetted": False}
+    context.add_output_metadata({"judge": judge["ref"]})
+    return {**result, "judge": judge}
+
+
+@dg.asset_check(asset=reward_promotion_decision, blocking=True,
+                description="The registry's champion alias agrees with the decision.")
+def check_reward_decision_applied(reward_promotion_decision: dict) -> dg.AssetCheckResult:
+    return decision_check(reward_promotion_decision)
