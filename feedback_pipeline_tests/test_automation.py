@@ -5,8 +5,8 @@ from datetime import datetime, timezone
 import dagster as dg
 
 from feedback_pipeline.definitions import build_definitions, defs
-from feedback_pipeline.defs.automation import (build_retraining_sensor, weekly_error_analysis_schedule,
-                                               weekly_retraining_schedule)
+from feedback_pipeline.defs.automation import (RELEASE_DECISIONS, build_retraining_sensor,
+                                               weekly_error_analysis_schedule, weekly_retraining_schedule)
 from feedback_pipeline.defs.resources import FeedbackStoreResource
 from feedback_pipeline.ingestion.records import normalise_record
 from feedback_pipeline.settings import load_settings
@@ -73,9 +73,27 @@ def test_every_definition_loads():
         repo = candidate.get_repository_def()
         keys = {k.to_user_string() for k in repo.asset_graph.get_all_asset_keys()}
         assert {"raw_feedback", "cleaned_feedback", "feedback_quality_report", "error_patterns", "sft_dataset",
-                "kto_dataset", "base_chat_model", "chat_adapter", "chat_model_evaluation", "chat_model_version"} <= keys
+                "kto_dataset", "base_chat_model", "chat_adapter", "chat_model_evaluation", "chat_model_version",
+                "reward_model", "model_cleanup_report", *RELEASE_DECISIONS} <= keys
         assert candidate.resolve_job_def("retraining_job") is not None
+        assert candidate.resolve_job_def("rollback_job") is not None
         assert {s.name for s in repo.sensor_defs} == {"new_feedback_sensor"}
         assert {s.name for s in repo.schedule_defs} == {"weekly_retraining_schedule", "daily_cleaning_schedule",
-                                                            "weekly_error_analysis_schedule", "weekly_dataset_schedule"}
-        assert "check_candidate_not_worse" in {key.name for key in repo.asset_graph.asset_check_keys}
+                                                            "weekly_error_analysis_schedule", "weekly_dataset_schedule",
+                                                            "model_cleanup_schedule"}
+        checks = {key.name for key in repo.asset_graph.asset_check_keys}
+        assert {"check_chat_decision_applied", "check_chat_evaluation_complete", "check_reward_decision_applied",
+                "check_embedder_decision_applied", "check_chat_preference_decision_applied"} <= checks
+
+
+def test_retraining_ends_in_every_familys_promotion_decision():
+    """The sensor and the weekly schedule launch retraining_job, so they promote exactly when a decision says so."""
+    selected = {k.to_user_string() for k in defs.resolve_job_def("retraining_job").asset_layer.selected_asset_keys}
+    assert set(RELEASE_DECISIONS) <= selected
+    assert {"chat_preference_adapter", "embedding_model", "reward_model"} <= selected
+    assert "daily_cleaned_feedback" not in selected and "model_cleanup_report" not in selected
+
+
+def test_cleanup_runs_monthly():
+    schedule = defs.resolve_schedule_def("model_cleanup_schedule")
+    assert schedule.cron_schedule == "0 4 1 * *" and schedule.job_name == "model_cleanup_job"
