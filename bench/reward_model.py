@@ -69,6 +69,7 @@ def run(name: str, settings: dict, data: dict, base: Path, work: Path, max_lengt
     cfg = RewardConfig(train_file=str(data["built"].file("train")), eval_file=str(data["built"].file("eval")),
                        output_dir=str(work / name), base_model_path=str(base),
                        max_length=max_length, seed=0, logging_steps=5, **settings)
+    load = os.getloadavg()
     started = time.perf_counter()
     result = main(cfg, log=lambda line: log.info("[%s] %s", name, line))
     wall = time.perf_counter() - started
@@ -77,14 +78,44 @@ def run(name: str, settings: dict, data: dict, base: Path, work: Path, max_lengt
     shutil.rmtree(model_dir, ignore_errors=True)  # 0.5 GB for smollm2; the figures are what we keep
     return {"config": {k: v for k, v in vars(cfg).items() if k not in ("train_file", "eval_file", "output_dir")},
             "result": result.to_dict(), "eval": story["eval_metrics"], "wall_s_total": wall,
-            "wall_s_train": result.train_runtime_s, "wall_s_load_eval_save": wall - result.train_runtime_s}
+            "wall_s_train": result.train_runtime_s, "wall_s_load_eval_save": wall - result.train_runtime_s,
+            "load_avg_at_start": load}
+
+
+def decide(report: dict) -> dict:
+    """The better held-out accuracy wins; say plainly whether it beats the longer-answer rule."""
+    figures = {}
+    for name, c in report["candidates"].items():
+        m = c["eval"]
+        figures[name] = {"accuracy": [m["accuracy"], m["accuracy_ci_low"], m["accuracy_ci_high"]],
+                         "minus_length_rule": [m["difference_vs_length_rule"], m["difference_vs_length_rule_ci_low"],
+                                               m["difference_vs_length_rule_ci_high"]],
+                         "beats_length_rule": m["beats_length_rule"], "train_s": c["wall_s_train"],
+                         "steps": c["result"]["steps"], "pairs_seen": c["result"]["steps"]
+                         * c["config"]["per_device_train_batch_size"]}
+    best = max(figures, key=lambda n: figures[n]["accuracy"][0])
+    rule = next(iter(report["candidates"].values()))["eval"]["length_rule_accuracy"]
+    verdicts = []
+    for name, f in figures.items():
+        low, high = f["minus_length_rule"][1:]
+        verdicts.append(f"{name} {f['accuracy'][0]:.3f} [{f['accuracy'][1]:.3f}, {f['accuracy'][2]:.3f}], model - rule "
+                        f"{f['minus_length_rule'][0]:+.3f} [{low:+.3f}, {high:+.3f}]: "
+                        + ("better than the rule" if low > 0 else "worse than the rule" if high < 0
+                           else "not distinguishable from the rule"))
+    beaten = [n for n, f in figures.items() if f["beats_length_rule"]]
+    return {"chosen_default": best, "length_rule_accuracy": rule, "figures": figures,
+            "any_beats_length_rule": bool(beaten),
+            "statement": (f"{best} has the higher held-out accuracy. "
+                          + ("" if beaten else f"Neither candidate beats the longer-answer rule ({rule:.3f}). ")
+                          + "; ".join(verdicts) + ".")}
 
 
 def main_bench() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--only", choices=sorted(CANDIDATES), action="append")
+    parser.add_argument("--only", choices=[*sorted(CANDIDATES), "default"], action="append",
+                        help="run only these (repeatable); the other entries of an existing results file are kept")
     parser.add_argument("--work", type=Path, default=Path("/tmp/fp_bench_reward_model"))
     parser.add_argument("--base", type=Path, default=Path("/tmp/fp_bench_reward_model_base/smollm2-135m-instruct"))
     args = parser.parse_args()
@@ -109,7 +140,7 @@ def main_bench() -> None:
         "max_length": args.max_length, "length_unit": "characters",
     })
     report.setdefault("candidates", {})
-    for name in args.only or list(CANDIDATES):
+    for name in [n for n in (args.only or list(CANDIDATES)) if n in CANDIDATES]:
         report["candidates"][name] = run(name, CANDIDATES[name], data, base, args.work, args.max_length)
         m = report["candidates"][name]["eval"]
         log.info("%s: acc %.3f [%.3f, %.3f] vs length rule %.3f; diff %.3f [%.3f, %.3f]", name, m["accuracy"],
@@ -118,12 +149,13 @@ def main_bench() -> None:
                  m["difference_vs_length_rule_ci_high"])
         RESULTS.write_text(json.dumps(report, indent=1, default=str))  # partial results survive a later crash
 
-    if not args.only:
+    if not args.only or "default" in args.only:
         # The pipeline's run: RewardConfig defaults (backbone, steps, batch, lr, max_length) on the same data.
         defaults = RewardConfig(train_file="x", output_dir="x")
-        name = f"default_{defaults.backbone}"
-        report["default_run"] = run(name, {}, data, base, args.work, defaults.max_length)
+        report["default_run"] = run(f"default_{defaults.backbone}", {}, data, base, args.work, defaults.max_length)
         report["default_run"]["note"] = "RewardConfig defaults, as a pipeline run trains it"
+    if set(CANDIDATES) <= set(report["candidates"]):
+        report["decision"] = decide(report)
     report["total_wall_s"] = time.perf_counter() - t0
     RESULTS.write_text(json.dumps(report, indent=1, default=str))
     log.info("wrote %s in %.0f s", RESULTS, report["total_wall_s"])
