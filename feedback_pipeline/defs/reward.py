@@ -85,18 +85,17 @@ def reward_model_evaluation(context: dg.AssetExecutionContext, config: RewardEva
     prompts, chosen, rejected = _pair_texts(pairs)
     lengths = (np.array([len(c) for c in chosen], float), np.array([len(r) for r in rejected], float))
 
-    def correct(model_dir: str | None) -> np.ndarray:
-        if model_dir is None:  # version 0: the longer answer wins
-            return win_outcomes(lengths[1], lengths[0])
+    def scores(model_dir: str) -> tuple[np.ndarray, np.ndarray]:
         scorer = RewardScorer(model_dir)
-        return win_outcomes(scorer.score(prompts, rejected), scorer.score(prompts, chosen))
+        return scorer.score(prompts, chosen), scorer.score(prompts, rejected)
 
     champ = reward_champion(mlflow.MlflowClient(), reward_model["name"])
-    champion_correct, challenger_correct = correct(champ.path), correct(reward_model["model_dir"])
-    interval = paired_interval(champion_correct, challenger_correct, seed=config.seed)
-    scorer = RewardScorer(reward_model["model_dir"])
-    detail = pairwise_accuracy(scorer.score(prompts, chosen), scorer.score(prompts, rejected), *lengths,
-                               seed=config.seed)
+    # version 0 is the rule "the longer answer wins"
+    champion_chosen, champion_rejected = scores(champ.path) if champ.path else lengths
+    challenger_chosen, challenger_rejected = scores(reward_model["model_dir"])
+    interval = paired_interval(win_outcomes(champion_rejected, champion_chosen),
+                               win_outcomes(challenger_rejected, challenger_chosen), seed=config.seed)
+    detail = pairwise_accuracy(challenger_chosen, challenger_rejected, *lengths, seed=config.seed)
     with mlflow.start_run(run_id=reward_model["run_id"]):
         mlflow.log_metrics({"eval_accuracy": detail["accuracy"], "eval_length_rule_accuracy":
                             detail["length_rule_accuracy"], "eval_champion_accuracy": interval.champion})
