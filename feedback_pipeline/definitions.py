@@ -10,7 +10,7 @@ from feedback_pipeline.defs.automation import (build_retraining_sensor, daily_cl
                                                embedding_training_job, error_analysis_job, preference_training_job,
                                                retraining_job, weekly_dataset_job, weekly_dataset_schedule,
                                                weekly_error_analysis_schedule, weekly_retraining_schedule)
-from feedback_pipeline.defs.resources import FeedbackStoreResource, MlflowResource, WorkspaceResource
+from feedback_pipeline.defs.resources import FeedbackStoreResource, JudgeResource, MlflowResource, WorkspaceResource
 from feedback_pipeline.settings import Settings, load_settings
 
 _MODULES = [ingestion, cleaning, analysis, datasets, training, evaluation, preference, embedding, reward, lifecycle]
@@ -24,6 +24,8 @@ def build_resources(settings: Settings) -> dict:
                                           chat_model_name=settings.chat_model_name,
                                           embedding_model_name=settings.embedding_model_name,
                                           reward_model_name=settings.reward_model_name),
+        "judge": JudgeResource(base_url=settings.judge_base_url, model=settings.judge_model,
+                               api_key=settings.judge_api_key),
         "workspace": WorkspaceResource(data_dir=str(settings.data_dir), chat_base_model=settings.chat_base_model,
                                        embedding_model=settings.embedding_model),
     }

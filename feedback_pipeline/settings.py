@@ -32,6 +32,9 @@ class Settings:
     chat_model_name: str
     embedding_model_name: str
     reward_model_name: str
+    judge_base_url: str  # "" = the reward model judges generated answers
+    judge_model: str
+    judge_api_key: str
 
     @cached_property
     def models_dir(self) -> Path:
@@ -66,4 +69,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         chat_model_name=env.get("CHAT_REGISTERED_MODEL", "feedback-chat"),
         embedding_model_name=env.get("EMBEDDING_REGISTERED_MODEL", "feedback-embedder"),
         reward_model_name=env.get("REWARD_REGISTERED_MODEL", "feedback-reward"),
+        judge_base_url=env.get("JUDGE_BASE_URL", ""),
+        judge_model=env.get("JUDGE_MODEL", ""),
+        judge_api_key=env.get("JUDGE_API_KEY", ""),
     )

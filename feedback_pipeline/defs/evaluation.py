@@ -15,7 +15,7 @@ from pydantic import Field
 
 from feedback_pipeline.datasets.build import read_jsonl
 from feedback_pipeline.defs.release import GateConfig, act_on_decision, decision_check
-from feedback_pipeline.defs.resources import FeedbackStoreResource, MlflowResource, WorkspaceResource
+from feedback_pipeline.defs.resources import FeedbackStoreResource, JudgeResource, MlflowResource, WorkspaceResource
 from feedback_pipeline.evaluation.chat_compare import (ChatCompareOptions, ChatGuardrailTolerances,
                                                        chat_decision, compare_chat_with_champion)
 from feedback_pipeline.evaluation.gold import seed_gold_set
@@ -44,10 +44,16 @@ class ChatEvaluationConfig(dg.Config):
 
 
 def evaluate_chat_candidate(context: dg.AssetExecutionContext, config: ChatEvaluationConfig, candidate: dict,
-                            kto_dataset: dict, dpo_dataset: dict, cleaned_feedback: pd.DataFrame, judge: dict,
-                            workspace: WorkspaceResource, mlflow_tracking: MlflowResource) -> dict:
-    """Compare ``candidate`` (adapter_dir, base_model_path, run_id) with the feedback-chat champion."""
+                            kto_dataset: dict, dpo_dataset: dict, cleaned_feedback: pd.DataFrame, reward_judge: dict,
+                            external_judge: JudgeResource, workspace: WorkspaceResource,
+                            mlflow_tracking: MlflowResource) -> dict:
+    """Compare ``candidate`` (adapter_dir, base_model_path, run_id) with the feedback-chat champion; the judge is the
+    external endpoint when one is configured, else the reward model ``reward_judge`` names."""
     from feedback_pipeline.evaluation.reward_eval import RewardScorer
+
+    external = external_judge.external()
+    judge = ({"ref": external.name, "vetted": True} if external else reward_judge)
+    scorer = external or RewardScorer(reward_judge["model_dir"])
 
     mlflow_tracking.activate()
     name = mlflow_tracking.chat_model_name
@@ -63,7 +69,7 @@ def evaluate_chat_candidate(context: dg.AssetExecutionContext, config: ChatEvalu
                 .astype(object).where(lambda f: f.notna(), None).to_dict(orient="index"))
     comparison = compare_chat_with_champion(
         candidate["base_model_path"], champ.path, candidate["adapter_dir"], held_out,
-        read_jsonl(Path(dpo_dataset["eval_file"])), RewardScorer(judge["model_dir"]), judge["ref"], champ.label,
+        read_jsonl(Path(dpo_dataset["eval_file"])), scorer, judge["ref"], champ.label,
         gold=gold, options=config.options(), segment_of=lambda fid: segments.get(fid, {}),
         cache_dir=workspace.path("cache", "answers"), log=context.log.info)
     metrics = comparison.metrics()
@@ -107,10 +113,10 @@ def decide_chat(context: dg.AssetExecutionContext, config: GateConfig, evaluatio
                       "length-controlled), guardrails, segments and the gold set.")
 def chat_model_evaluation(context: dg.AssetExecutionContext, config: ChatEvaluationConfig, chat_adapter: dict,
                           kto_dataset: dict, dpo_dataset: dict, cleaned_feedback: pd.DataFrame,
-                          reward_promotion_decision: dict, workspace: WorkspaceResource,
+                          reward_promotion_decision: dict, judge: JudgeResource, workspace: WorkspaceResource,
                           mlflow_tracking: MlflowResource) -> dict:
     return evaluate_chat_candidate(context, config, chat_adapter, kto_dataset, dpo_dataset, cleaned_feedback,
-                                   reward_promotion_decision["judge"], workspace, mlflow_tracking)
+                                   reward_promotion_decision["judge"], judge, workspace, mlflow_tracking)
 
 
 @dg.asset_check(asset=chat_model_evaluation, blocking=True,

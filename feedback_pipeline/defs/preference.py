@@ -16,7 +16,7 @@ from feedback_pipeline.defs.datasets import describe_dataset, identifiers_check,
 from feedback_pipeline.defs.evaluation import (ChatEvaluationConfig, ChatGateConfig, decide_chat,
                                                evaluate_chat_candidate, evaluation_complete_check)
 from feedback_pipeline.defs.release import decision_check
-from feedback_pipeline.defs.resources import FeedbackStoreResource, MlflowResource, WorkspaceResource
+from feedback_pipeline.defs.resources import FeedbackStoreResource, JudgeResource, MlflowResource, WorkspaceResource
 from feedback_pipeline.tracking.registry import CHALLENGER, register_chat_adapter, registration_tags
 
 
@@ -93,10 +93,11 @@ def chat_preference_adapter(context: dg.AssetExecutionContext, config: Preferenc
                       "gold set as the SFT candidate.")
 def chat_preference_evaluation(context: dg.AssetExecutionContext, config: ChatEvaluationConfig,
                                chat_preference_adapter: dict, kto_dataset: dict, dpo_dataset: dict,
-                               cleaned_feedback: pd.DataFrame, reward_promotion_decision: dict,
+                               cleaned_feedback: pd.DataFrame, reward_promotion_decision: dict, judge: JudgeResource,
                                workspace: WorkspaceResource, mlflow_tracking: MlflowResource) -> dict:
     return evaluate_chat_candidate(context, config, chat_preference_adapter, kto_dataset, dpo_dataset,
-                                   cleaned_feedback, reward_promotion_decision["judge"], workspace, mlflow_tracking)
+                                   cleaned_feedback, reward_promotion_decision["judge"], judge, workspace,
+                                   mlflow_tracking)
 
 
 @dg.asset_check(asset=chat_preference_evaluation, blocking=True,

