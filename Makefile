@@ -36,7 +36,7 @@ run: install $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/feedback-pipeline migrate
 	$(BIN)/feedback-pipeline prepare-models
 	$(BIN)/feedback-pipeline import oasst1 $(SHARED_DATA)/oasst1-en-validation/en-validation.jsonl
-	time $(BIN)/dagster job execute -m feedback_pipeline.definitions -j retraining_job
+	time $(BIN)/dagster job execute -m feedback_pipeline.definitions -j retraining_job -c configs/make_run.yaml
 	$(BIN)/feedback-pipeline summary
 
 ui: install $(DAGSTER_HOME)/dagster.yaml

@@ -74,6 +74,8 @@ def embedding_model(context: dg.AssetExecutionContext, config: EmbedderTrainingC
 
 class EmbedderEvaluationConfig(dg.Config):
     max_queries: int | None = Field(300, description="Held-out queries scored (None: all of them).")
+    max_corpus: int | None = Field(None, description="Documents searched: every relevant one plus distractors up to "
+                                                     "this many (None: every document of both splits).")
     k: int = Field(10, description="Cut-off of nDCG, MRR and Recall.")
     seed: int = Field(0, description="Bootstrap seed.")
 
@@ -92,7 +94,7 @@ def embedding_model_evaluation(context: dg.AssetExecutionContext, config: Embedd
     if "eval" not in embedding_pairs:
         raise ValueError("embedding_pairs has no eval split: no held-out queries to compare the embedders on")
     task = retrieval_task(read_jsonl(embedding_pairs["train"]), read_jsonl(embedding_pairs["eval"]),
-                          max_queries=config.max_queries)
+                          max_queries=config.max_queries, max_corpus=config.max_corpus)
     mlflow_tracking.activate()
     champ = embedder_champion(mlflow.MlflowClient(), embedding_model["name"], workspace.embedding_model_path())
     intervals = compare_embedders(SentenceTransformer(champ.path, device="cpu"),

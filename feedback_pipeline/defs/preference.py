@@ -43,7 +43,9 @@ class PreferenceTrainingConfig(dg.Config):
     learning_rate: float = Field(5e-5, description="Peak AdamW learning rate.")
     beta: float = Field(0.1, description="KTO/DPO beta: how far the policy may move from the base.")
     max_length: int = Field(256, description="Tokens per prompt+response.")
-    early_stopping_patience: int = Field(3, description="Evaluations without eval-loss improvement before stopping.")
+    early_stopping_patience: int | None = Field(
+        3, description="Evaluations without eval-loss improvement before stopping (None: no evaluation during "
+                       "training, all max_steps).")
     eval_steps: int = Field(10, description="Evaluate the eval split every N steps.")
 
 
@@ -62,7 +64,8 @@ def chat_preference_adapter(context: dg.AssetExecutionContext, config: Preferenc
     output_dir = workspace.path("models", "preference_adapters", f"{config.method}-{data['fingerprint'][:12]}")
     cfg = PreferenceConfig(
         method=config.method, base_model_path=base_chat_model["path"], train_file=data["train_file"],
-        eval_file=data["eval_file"], output_dir=str(output_dir), max_steps=config.max_steps,
+        eval_file=data["eval_file"] if config.early_stopping_patience is not None else None,
+        output_dir=str(output_dir), max_steps=config.max_steps,
         per_device_train_batch_size=config.batch_size, learning_rate=config.learning_rate, beta=config.beta,
         max_length=config.max_length, eval_steps=config.eval_steps,
         early_stopping_patience=config.early_stopping_patience, resume=True)

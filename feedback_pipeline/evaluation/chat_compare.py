@@ -70,27 +70,28 @@ def _key(prompt: Any) -> str:
     return hashlib.sha256(json.dumps(prompt, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:20]
 
 
-class AnswerCache:
-    """Generated answers of one model identity (e.g. ``feedback-chat/3``), keyed by prompt and generation settings:
-    the champion's answers are generated once, not again for every challenger it meets."""
+class ChampionCache:
+    """What the champion produced for given inputs (generated answers, log-prob scores), keyed by the champion's
+    identity (e.g. ``feedback-chat/3``), the kind of result and its settings: the champion is run once per input, not
+    again for every challenger it meets. Challengers are never cached."""
 
-    def __init__(self, folder: Path | None, identity: str, max_new_tokens: int):
+    def __init__(self, folder: Path | None, identity: str, kind: str):
         self.path = None
-        self.answers: dict[str, str] = {}
+        self.values: dict[str, Any] = {}
         if folder is not None:
-            name = hashlib.sha256(f"{identity}|{max_new_tokens}".encode()).hexdigest()[:24]
+            name = hashlib.sha256(f"{identity}|{kind}".encode()).hexdigest()[:24]
             self.path = Path(folder) / f"{name}.json"
             if self.path.is_file():
-                self.answers = json.loads(self.path.read_text(encoding="utf-8"))
+                self.values = json.loads(self.path.read_text(encoding="utf-8"))
 
-    def fill(self, prompts: Sequence[Any], generate: Callable[[list[Any]], list[str]]) -> list[str]:
-        missing = [p for p in prompts if _key(p) not in self.answers]
+    def fill(self, inputs: Sequence[Any], compute: Callable[[list[Any]], Sequence[Any]]) -> list[Any]:
+        missing = [x for x in inputs if _key(x) not in self.values]
         if missing:
-            self.answers.update({_key(p): a for p, a in zip(missing, generate(missing))})
+            self.values.update({_key(x): v for x, v in zip(missing, compute(missing))})
             if self.path is not None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                self.path.write_text(json.dumps(self.answers, ensure_ascii=False), encoding="utf-8")
-        return [self.answers[_key(p)] for p in prompts]
+                self.path.write_text(json.dumps(self.values, ensure_ascii=False), encoding="utf-8")
+        return [self.values[_key(x)] for x in inputs]
 
 
 def _answer(value: Any) -> str:
@@ -122,9 +123,13 @@ def compare_chat_with_champion(base_model_path: str, champion_adapter: str | Non
     intervals: dict[str, Interval] = {}
 
     def logprobs(name: str, examples: list[dict]) -> np.ndarray:
-        with gen.use(name):
-            scored = response_logprobs(gen.model, gen.tokenizer, examples, options.max_length, 4)
-        return np.array([s / n for s, n in scored])
+        def score(batch: list[dict]) -> list[float]:
+            with gen.use(name):
+                return [s / n for s, n in response_logprobs(gen.model, gen.tokenizer, batch, options.max_length, 4)]
+
+        if name == CHAMPION:
+            return np.array(ChampionCache(cache_dir, champion_name, f"logprob|{options.max_length}").fill(examples, score))
+        return np.array(score(examples))
 
     liked = [{"prompt": r["prompt"], "response": _answer(r["completion"])}
              for r in held_out if r["label"] is True][: options.max_liked]
@@ -146,7 +151,7 @@ def compare_chat_with_champion(base_model_path: str, champion_adapter: str | Non
     records = held_out_prompts(held_out, options.n_generated, options.seed)
     prompts = [r["prompt"] for r in records]
     log(f"generating answers to {len(prompts)} held-out prompts with both models")
-    champion_cache = AnswerCache(cache_dir, champion_name, options.max_new_tokens)
+    champion_cache = ChampionCache(cache_dir, champion_name, f"answers|{options.max_new_tokens}")
     answers = {
         CHAMPION: champion_cache.fill(prompts, lambda ps: gen.generate(CHAMPION, ps, options.max_new_tokens,
                                                                        options.batch_size)),

@@ -7,6 +7,7 @@ all the others; a query's relevant documents are all its positives.
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -24,8 +25,10 @@ class RetrievalTask:
 
 
 def retrieval_task(train_pairs: Iterable[Mapping[str, Any]], eval_pairs: Iterable[Mapping[str, Any]],
-                   max_queries: int | None = None) -> RetrievalTask:
-    """Queries, corpus and relevance judgements from embedding pair records (``query``, ``positive``, ``negative``)."""
+                   max_queries: int | None = None, max_corpus: int | None = None) -> RetrievalTask:
+    """Queries, corpus and relevance judgements from embedding pair records (``query``, ``positive``, ``negative``).
+    ``max_corpus`` keeps every relevant document and fills the rest with distractors chosen by a hash of their text
+    (stable from run to run), so both models search the same smaller corpus."""
     doc_ids: dict[str, str] = {}
 
     def doc(text: str) -> str:
@@ -47,8 +50,15 @@ def retrieval_task(train_pairs: Iterable[Mapping[str, Any]], eval_pairs: Iterabl
     if not qrels:
         raise ValueError("no held-out pair with a positive document: nothing to evaluate the embedders on")
     kept = sorted(qrels, key=lambda q: int(q[1:]))[:max_queries]
-    return RetrievalTask(queries={q: t for t, q in query_ids.items() if q in kept},
-                         corpus={i: t for t, i in doc_ids.items()}, qrels={q: qrels[q] for q in kept})
+    corpus = {i: t for t, i in doc_ids.items()}
+    if max_corpus is not None and len(corpus) > max_corpus:
+        relevant = {d for q in kept for d in qrels[q]}
+        others = sorted((d for d in corpus if d not in relevant),
+                        key=lambda d: hashlib.sha256(corpus[d].encode()).hexdigest())
+        keep = relevant | set(others[: max(0, max_corpus - len(relevant))])
+        corpus = {d: t for d, t in corpus.items() if d in keep}
+    return RetrievalTask(queries={q: t for t, q in query_ids.items() if q in kept}, corpus=corpus,
+                         qrels={q: qrels[q] for q in kept})
 
 
 def compare_embedders(champion, challenger, task: RetrievalTask, k: int = 10, seed: int = 0
