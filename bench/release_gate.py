@@ -6,8 +6,8 @@
    worse one and of a better one, at several sample sizes; the same for the length-controlled win rate with a judge
    that partly rewards length.
 2. Real small model (SmolLM2-135M, oasst1 held-out sibling-rank pairs, primary metric preference accuracy): planted
-   worse (supervised on rejected answers), copy of the champion, planted better (DPO on the evaluated pairs), each
-   decided on ``--seeds`` differently seeded held-out samples of 60 pairs.
+   worse (supervised on the rejected answers), copy of the champion, planted better (supervised on the chosen
+   answers), each decided on ``--seeds`` differently seeded held-out samples of 48 of 64 pairs.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from feedback_pipeline.datasets.build import read_jsonl  # noqa: E402
 from feedback_pipeline.datasets.preference import build_dpo_dataset  # noqa: E402
 from feedback_pipeline.evaluation.gate import GatePolicy, simulate_gate  # noqa: E402
 from feedback_pipeline.evaluation.gate_validation import (planted_chat_scores, seeded_decisions,  # noqa: E402
-                                                          simulate_lc_gate)
+                                                          short_prompt_pairs, simulate_lc_gate)
 from feedback_pipeline.ingestion.importers import read_oasst1  # noqa: E402
 from feedback_pipeline.ingestion.records import normalise_record  # noqa: E402
 from feedback_pipeline.settings import load_settings  # noqa: E402
@@ -59,16 +59,15 @@ def real_models(seeds: int, work: Path) -> dict:
     base = prepare_base_chat_model(REPO / ".data" / "models" / "smollm2-135m-instruct")
     frame = pd.DataFrame([normalise_record(r, source="oasst1") for r in read_oasst1(OASST1)])
     built = build_dpo_dataset(frame, work / "datasets")
-    train, held_out = read_jsonl(built.file("train")), read_jsonl(built.file("eval"))
-    pool = held_out[:120]
+    pool = short_prompt_pairs(read_jsonl(built.file("eval")), 64)
     start = time.perf_counter()
-    correct = planted_chat_scores(base, train, pool, work / "models")
+    correct = planted_chat_scores(base, pool, work / "models", max_length=96, steps=40)
     policy = GatePolicy("preference_accuracy")
-    out = {"pool_pairs": len(pool), "sample": 60, "seeds": seeds, "seconds": round(time.perf_counter() - start, 1),
+    out = {"pool_pairs": len(pool), "sample": 48, "seeds": seeds, "seconds": round(time.perf_counter() - start, 1),
            "accuracy_on_pool": {k: float(v.mean()) for k, v in correct.items()}, "candidates": {}}
     for label, challenger in (("worse", correct["worse"]), ("copy_of_champion", correct["champion"].copy()),
                               ("better", correct["better"])):
-        decisions = seeded_decisions(correct["champion"], challenger, policy, range(seeds), 60)
+        decisions = seeded_decisions(correct["champion"], challenger, policy, range(seeds), 48)
         kinds = [d.decision for d in decisions]
         out["candidates"][label] = {
             "promote_rate": kinds.count("promote") / seeds, "decisions": {k: kinds.count(k) for k in set(kinds)},

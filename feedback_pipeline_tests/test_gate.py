@@ -118,3 +118,11 @@ def test_evidence_rows_are_serialisable():
     result = decide(POLICY, _clearly_better(), secondary=[Evidence("nll", "secondary", 2.0, 1.9, -0.1, -0.2, 0.0, 10, None)])
     d = result.to_dict()
     assert d["decision"] == "promote" and d["evidence"][1]["name"] == "nll"
+
+
+def test_too_few_examples_decide_nothing_even_when_every_one_wins():
+    iv = paired_interval(np.zeros(4), np.ones(4))
+    assert (iv.ci_low, iv.ci_high) == (1.0, 1.0)  # zero width: the bootstrap cannot see the uncertainty
+    result = decide(POLICY, iv)
+    assert result.decision == "keep" and "fewer than the 20" in result.reasons[0]
+    assert decide(GatePolicy("score", min_examples=4), iv).decision == "promote"

@@ -22,8 +22,14 @@ def _setup(tmp_path, base_model_dir, records):
 
 def test_dpo_adapter_is_trained_tracked_and_registered(tmp_path, base_model_dir):
     settings, defs = _setup(tmp_path, base_model_dir, itertools.islice(read_oasst1(OASST1), 500))
-    run_config = {"ops": {"chat_preference_adapter": {"config": {
-        "method": "dpo", "max_steps": 2, "batch_size": 2, "max_length": 96, "eval_steps": 2}}}}
+    small_eval = {"n_generated": 4, "max_new_tokens": 8, "max_liked": 4, "max_pairs": 4, "max_gold": 2,
+                  "max_length": 96}
+    run_config = {"ops": {
+        "chat_preference_adapter": {"config": {"method": "dpo", "max_steps": 2, "batch_size": 2, "max_length": 96,
+                                               "early_stopping_patience": None}},
+        "reward_model": {"config": {"max_steps": 2, "batch_size": 4, "max_length": 96}},
+        "reward_model_evaluation": {"config": {"max_pairs": 40}},
+        "chat_preference_evaluation": {"config": small_eval}}}
     result = defs.resolve_job_def("preference_training_job").execute_in_process(
         run_config=run_config, instance=dg.DagsterInstance.ephemeral())
     assert result.success
@@ -34,13 +40,18 @@ def test_dpo_adapter_is_trained_tracked_and_registered(tmp_path, base_model_dir)
     client = MlflowClient(settings.mlflow_tracking_uri)
     version = client.get_model_version_by_alias(settings.chat_model_name, "challenger")
     assert str(version.version) == out["version"] and version.tags["method"] == "dpo"
+    assert version.tags["family"] == "chat_preference"
     assert client.get_run(out["run_id"]).data.params["dataset_fingerprint"] == dpo["fingerprint"]
+    # 4 generated answers decide nothing: the gate keeps the champion (version 0) and says why
+    decision = result.output_for_node("chat_preference_promotion_decision")
+    assert decision["decision"] == "keep" and "fewer than the 20" in decision["reasons"][0]
 
 
 def test_embedder_is_trained_tracked_and_registered(tmp_path, base_model_dir):
     settings, defs = _setup(tmp_path, base_model_dir,
                             itertools.islice(read_feedbackqa(SHARED_DATA / "feedbackqa-dev"), 160))
-    run_config = {"ops": {"embedding_model": {"config": {"batch_size": 8, "epochs": 0.1, "max_seq_length": 64}}}}
+    run_config = {"ops": {"embedding_model": {"config": {"batch_size": 8, "epochs": 0.1, "max_seq_length": 64}},
+                          "embedding_model_evaluation": {"config": {"max_queries": 40, "max_corpus": 200}}}}
     result = defs.resolve_job_def("embedding_training_job").execute_in_process(
         run_config=run_config, instance=dg.DagsterInstance.ephemeral())
     assert result.success
@@ -48,4 +59,9 @@ def test_embedder_is_trained_tracked_and_registered(tmp_path, base_model_dir):
     assert pairs["train_pairs"].value >= 20
     out = result.output_for_node("embedding_model")
     client = MlflowClient(settings.mlflow_tracking_uri)
-    assert str(client.get_model_version_by_alias(settings.embedding_model_name, "challenger").version) == out["version"]
+    decision = result.output_for_node("embedder_promotion_decision")
+    assert decision["version"] == out["version"] and decision["decision"] in ("promote", "keep")
+    evaluation = result.output_for_node("embedding_model_evaluation")
+    assert {"ndcg@10", "mrr@10", "recall@10"} == set(evaluation["intervals"])
+    alias = "champion" if decision["decision"] == "promote" else "challenger"
+    assert str(client.get_model_version_by_alias(settings.embedding_model_name, alias).version) == out["version"]

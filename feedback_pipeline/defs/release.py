@@ -30,10 +30,11 @@ class GateConfig(dg.Config):
                                                        "significantly) before the decision goes to review.")
     min_segment_size: int = Field(30, description="Segments with fewer examples are listed but not judged.")
     require_review: bool = Field(False, description="Every promotion waits for `feedback-pipeline models approve`.")
+    min_examples: int = Field(20, description="Fewer paired examples on the primary metric decide nothing (keep).")
 
     def policy(self) -> GatePolicy:
         return GatePolicy(self.primary_metric, self.margin, self.segment_tolerance, self.min_segment_size,
-                          self.require_review)
+                          self.require_review, self.min_examples)
 
 
 def json_safe(value):

@@ -86,6 +86,7 @@ class GatePolicy:
     segment_tolerance: float = 0.05
     min_segment_size: int = 30
     require_review: bool = False  # a person approves every promotion (`feedback-pipeline models approve`)
+    min_examples: int = 20  # fewer paired examples decide nothing: a bootstrap of 4 wins out of 4 has zero width
 
 
 @dataclass(frozen=True)
@@ -207,12 +208,16 @@ def segment_evidence(segments: Mapping[str, tuple[Sequence[float], Sequence[floa
 def decide(policy: GatePolicy, primary: Interval, guardrails: Sequence[Guardrail] = (),
            segments: Sequence[Evidence] = (), secondary: Sequence[Evidence] = ()) -> GateDecision:
     """The decision and its evidence. ``primary`` is the paired interval of the policy's primary metric."""
-    primary_ok = primary.ci_low > policy.margin
+    enough = primary.n >= policy.min_examples
+    primary_ok = enough and primary.ci_low > policy.margin
     evidence = [Evidence(policy.primary_metric, "primary", primary.champion, primary.challenger, primary.diff,
                          primary.ci_low, primary.ci_high, primary.n, primary_ok,
                          f"promote needs the CI above {policy.margin:+g}")]
     reasons = []
-    if primary_ok:
+    if not enough:
+        reasons.append(f"{policy.primary_metric}: only {primary.n} paired examples, fewer than the "
+                       f"{policy.min_examples} a decision needs")
+    elif primary_ok:
         reasons.append(f"{policy.primary_metric}: interval [{primary.ci_low:+.4f}, {primary.ci_high:+.4f}] lies above "
                        f"{policy.margin:+g}")
     elif primary.ci_high <= policy.margin:

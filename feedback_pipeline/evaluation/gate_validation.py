@@ -4,7 +4,7 @@ Used by the tests (``feedback_pipeline_tests/test_gate_models.py``) and the benc
 
 - ``planted_chat_scores``: per-pair correctness (does the model give the chosen answer the higher length-normalised
   log-probability) on held-out pairs for the base model (the champion), a planted *worse* adapter (supervised on the
-  answers people ranked lower) and a planted *better* one (DPO on the very pairs evaluated);
+  answers people ranked lower) and a planted *better* one (supervised on the answers they preferred);
 - ``seeded_decisions``: the gate on several differently seeded held-out samples of those scores;
 - ``simulate_lc_gate``: how often an A/A challenger is promoted on the length-controlled win rate, when the judge
   partly rewards length and the two models' answers come from one distribution.
@@ -32,31 +32,33 @@ def seeded_decisions(champion: np.ndarray, challenger: np.ndarray, policy: GateP
     return decisions
 
 
-def planted_chat_scores(base_model_dir: str | Path, train_pairs: Sequence[dict], held_out: Sequence[dict],
-                        work: Path, max_length: int = 128, worse_steps: int = 8, better_steps: int = 12,
+def short_prompt_pairs(pairs: Sequence[dict], n: int, max_prompt_chars: int = 150) -> list[dict]:
+    """The first ``n`` pairs whose prompt is short, so a small token window holds the start of both answers."""
+    return [p for p in pairs if sum(len(m["content"]) for m in p["prompt"]) <= max_prompt_chars][:n]
+
+
+def planted_chat_scores(base_model_dir: str | Path, held_out: Sequence[dict], work: Path, max_length: int = 96,
+                        steps: int = 16, batch_size: int = 8, learning_rate: float = 3e-3,
                         log=lambda _: None) -> dict[str, np.ndarray]:
-    """Per-pair correctness on ``held_out`` for ``champion`` (the base), ``worse`` and ``better``."""
+    """Per-pair correctness on ``held_out`` for ``champion`` (the base model), ``worse`` (LoRA SFT on the
+    rejected answers of those very pairs: a model that learned what people disliked) and ``better`` (the same on
+    the chosen answers)."""
     from feedback_pipeline.evaluation.chat_eval import response_logprobs
     from feedback_pipeline.evaluation.generation import ChatGenerator
-    from feedback_pipeline.training.chat_preference import PreferenceConfig
-    from feedback_pipeline.training.chat_preference import main as train_preference
     from feedback_pipeline.training.chat_sft import ChatSFTConfig
     from feedback_pipeline.training.chat_sft import main as train_sft
 
     work.mkdir(parents=True, exist_ok=True)
-    rejected = work / "rejected.jsonl"
-    rejected.write_text("".join(json.dumps({"messages": p["prompt"] + p["rejected"], "weight": 1.0}) + "\n"
-                                for p in train_pairs[:64]), encoding="utf-8")
-    worse = train_sft(ChatSFTConfig(base_model_path=str(base_model_dir), train_file=str(rejected),
-                                    output_dir=str(work / "worse"), max_steps=worse_steps, learning_rate=1e-3,
-                                    per_device_train_batch_size=4, max_length=max_length), log=log)
-    evaluated = work / "evaluated.jsonl"
-    evaluated.write_text("".join(json.dumps(p) + "\n" for p in held_out), encoding="utf-8")
-    better = train_preference(PreferenceConfig(base_model_path=str(base_model_dir), train_file=str(evaluated),
-                                               output_dir=str(work / "better"), method="dpo", max_steps=better_steps,
-                                               learning_rate=5e-4, per_device_train_batch_size=4,
-                                               max_length=max_length), log=log)
-    gen = ChatGenerator(base_model_dir, {"champion": None, "worse": worse.adapter_dir, "better": better.adapter_dir})
+    adapters: dict[str, str | None] = {"champion": None}
+    for name, side in (("worse", "rejected"), ("better", "chosen")):
+        data = work / f"{side}.jsonl"
+        data.write_text("".join(json.dumps({"messages": p["prompt"] + p[side], "weight": 1.0}) + "\n"
+                                for p in held_out), encoding="utf-8")
+        result = train_sft(ChatSFTConfig(base_model_path=str(base_model_dir), train_file=str(data),
+                                         output_dir=str(work / name), max_steps=steps, learning_rate=learning_rate,
+                                         per_device_train_batch_size=batch_size, max_length=max_length), log=log)
+        adapters[name] = result.adapter_dir
+    gen = ChatGenerator(base_model_dir, adapters)
     examples = [{"prompt": p["prompt"], "response": p[key][-1]["content"]} for p in held_out
                 for key in ("chosen", "rejected")]
     correct = {}
