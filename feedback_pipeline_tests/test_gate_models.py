@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from feedback_pipeline.datasets.build import read_jsonl
 from feedback_pipeline.datasets.embedding_pairs import pairs_from_beir
@@ -33,12 +34,18 @@ MAX_LENGTH = 96
 
 @pytest.fixture(scope="module")
 def chat(base_model_dir, tmp_path_factory):
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)  # other tests leave torch on one thread; this module trains two adapters
     work = tmp_path_factory.mktemp("gate_chat")
     frame = pd.DataFrame([normalise_record(r, source="oasst1") for r in read_oasst1(OASST1)])
     built = build_dpo_dataset(frame, work / "datasets")
     pool = short_prompt_pairs(read_jsonl(built.file("eval")), POOL)
     assert len(pool) == POOL
-    return SimpleNamespace(correct=planted_chat_scores(base_model_dir, pool, work, max_length=MAX_LENGTH, steps=24))
+    try:
+        correct = planted_chat_scores(base_model_dir, pool, work, max_length=MAX_LENGTH, steps=24)
+    finally:
+        torch.set_num_threads(previous)
+    return SimpleNamespace(correct=correct)
 
 
 def _decisions(champion: np.ndarray, challenger: np.ndarray, metric: str) -> list[str]:

@@ -23,7 +23,7 @@ from feedback_pipeline.ingestion.importers import read_oasst1
 from feedback_pipeline.ingestion.records import normalise_record
 from feedback_pipeline.tracking.registry import use_tracking
 from feedback_pipeline.training.reward import (
-    PairEncoder, RewardConfig, _fit, main, register_reward_model, resolve_reward_model,
+    RewardConfig, _fit, main, register_reward_model, resolve_reward_model,
 )
 
 from .conftest import OASST1

