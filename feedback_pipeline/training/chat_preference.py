@@ -38,7 +38,7 @@ from feedback_pipeline.training.chat_sft import MlflowStepLogger, ProgressReport
 from feedback_pipeline.training.checkpoints import (
     TRAINING_CONFIG_NAME, CheckpointOptions, CheckpointStory, check_resumable, checkpoint_arguments, resume_point,
 )
-from feedback_pipeline.training.config_file import JsonConfig, run_cli
+from feedback_pipeline.training.config_file import JsonConfig, jsonl_records, run_cli
 
 logger = logging.getLogger(__name__)
 
@@ -178,28 +178,20 @@ def load_preference_records(path: str | Path, method: str) -> list[dict[str, Any
     """Read KTO records or DPO pairs into exactly the columns trl uses, validating each line."""
     rows: list[dict[str, Any]] = []
     prompt_roles = ("system", "user", "assistant")
-    with open(path, encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{line_no}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{where}: not valid JSON ({exc})") from exc
-            prompt = _messages(record.get("prompt"), where, "prompt", prompt_roles)
-            if prompt[-1]["role"] != "user":
-                raise ValueError(f"{where}: the prompt must end with a user message")
-            if method == "kto":
-                if not isinstance(record.get("label"), bool):
-                    raise ValueError(f"{where}: KTO records need a boolean 'label'")
-                rows.append({"prompt": prompt,
-                             "completion": _messages(record.get("completion"), where, "completion", ("assistant",)),
-                             "label": record["label"]})
-            else:
-                rows.append({"prompt": prompt,
-                             "chosen": _messages(record.get("chosen"), where, "chosen", ("assistant",)),
-                             "rejected": _messages(record.get("rejected"), where, "rejected", ("assistant",))})
+    for where, record in jsonl_records(path):
+        prompt = _messages(record.get("prompt"), where, "prompt", prompt_roles)
+        if prompt[-1]["role"] != "user":
+            raise ValueError(f"{where}: the prompt must end with a user message")
+        if method == "kto":
+            if not isinstance(record.get("label"), bool):
+                raise ValueError(f"{where}: KTO records need a boolean 'label'")
+            rows.append({"prompt": prompt,
+                         "completion": _messages(record.get("completion"), where, "completion", ("assistant",)),
+                         "label": record["label"]})
+        else:
+            rows.append({"prompt": prompt,
+                         "chosen": _messages(record.get("chosen"), where, "chosen", ("assistant",)),
+                         "rejected": _messages(record.get("rejected"), where, "rejected", ("assistant",))})
     return rows
 
 

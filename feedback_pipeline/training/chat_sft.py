@@ -38,7 +38,7 @@ from trl import SFTTrainer
 from feedback_pipeline.training.checkpoints import (
     TRAINING_CONFIG_NAME, CheckpointOptions, CheckpointStory, check_resumable, checkpoint_arguments, resume_point,
 )
-from feedback_pipeline.training.config_file import JsonConfig, run_cli
+from feedback_pipeline.training.config_file import JsonConfig, jsonl_records, run_cli
 
 logger = logging.getLogger(__name__)
 
@@ -186,31 +186,23 @@ def weighted_example_nll(logits: torch.Tensor, labels: torch.Tensor, weights: to
 def load_chat_examples(path: str | Path) -> list[dict[str, Any]]:
     """Read the JSONL into trl's conversational prompt/completion rows plus a ``weight`` column."""
     rows: list[dict[str, Any]] = []
-    with open(path, encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{line_no}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{where}: not valid JSON ({exc})") from exc
-            messages = record.get("messages")
-            if not isinstance(messages, list) or len(messages) < 2:
-                raise ValueError(f"{where}: 'messages' must be a list of at least a prompt message and an answer")
-            clean = []
-            for m in messages:
-                if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant") or not isinstance(
-                    m.get("content"), str
-                ):
-                    raise ValueError(f"{where}: each message needs role system/user/assistant and a string content")
-                clean.append({"role": m["role"], "content": m["content"]})
-            if clean[-1]["role"] != "assistant":
-                raise ValueError(f"{where}: the last message must be the assistant answer to learn")
-            weight = float(record.get("weight", 1.0))
-            if not math.isfinite(weight) or weight < 0:
-                raise ValueError(f"{where}: weight must be a finite number >= 0, got {record.get('weight')!r}")
-            rows.append({"prompt": clean[:-1], "completion": clean[-1:], "weight": weight})
+    for where, record in jsonl_records(path):
+        messages = record.get("messages")
+        if not isinstance(messages, list) or len(messages) < 2:
+            raise ValueError(f"{where}: 'messages' must be a list of at least a prompt message and an answer")
+        clean = []
+        for m in messages:
+            if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant") or not isinstance(
+                m.get("content"), str
+            ):
+                raise ValueError(f"{where}: each message needs role system/user/assistant and a string content")
+            clean.append({"role": m["role"], "content": m["content"]})
+        if clean[-1]["role"] != "assistant":
+            raise ValueError(f"{where}: the last message must be the assistant answer to learn")
+        weight = float(record.get("weight", 1.0))
+        if not math.isfinite(weight) or weight < 0:
+            raise ValueError(f"{where}: weight must be a finite number >= 0, got {record.get('weight')!r}")
+        rows.append({"prompt": clean[:-1], "completion": clean[-1:], "weight": weight})
     return rows
 
 

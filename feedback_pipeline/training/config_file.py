@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,21 @@ class JsonConfig:
     @classmethod
     def from_json_file(cls, path: str | Path):
         return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def jsonl_records(path: str | Path) -> Iterator[tuple[str, Any]]:
+    """(``path:line``, parsed value) for every non-blank line of a trainer's JSONL input; a line that is not JSON
+    raises with its line number, so a bad file never trains on part of itself."""
+    with open(path, encoding="utf-8") as fh:
+        for line_no, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{line_no}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{where}: not valid JSON ({exc})") from exc
+            yield where, record
 
 
 def run_cli(config_cls: type, main, description: str | None, argv=None) -> None:

@@ -30,7 +30,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from feedback_pipeline.training.chat_sft import MlflowStepLogger
-from feedback_pipeline.training.config_file import JsonConfig, run_cli
+from feedback_pipeline.training.config_file import JsonConfig, jsonl_records, run_cli
 
 logger = logging.getLogger(__name__)
 
@@ -108,28 +108,20 @@ class EmbedderResult:
 
 def load_pairs(path: str | Path) -> list[dict[str, Any]]:
     rows = []
-    with open(path, encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{line_no}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{where}: not valid JSON ({exc})") from exc
-            for key in ("query", "positive"):
-                if not isinstance(record.get(key), str) or not record[key].strip():
-                    raise ValueError(f"{where}: {key!r} must be a non-empty string")
-            negative = record.get("negative")
-            if negative is not None and (not isinstance(negative, str) or not negative.strip()):
-                raise ValueError(f"{where}: 'negative' must be a non-empty string or null")
-            score = record.get("score", record.get("label"))
-            if isinstance(score, bool) or not isinstance(score, (int, float)):
-                score = None  # a feedback label ("liked") is not a similarity score
-            elif not math.isfinite(score):
-                raise ValueError(f"{where}: 'score' must be a finite number, got {score!r}")
-            rows.append({"query": record["query"], "positive": record["positive"], "negative": negative,
-                         "score": None if score is None else float(score)})
+    for where, record in jsonl_records(path):
+        for key in ("query", "positive"):
+            if not isinstance(record.get(key), str) or not record[key].strip():
+                raise ValueError(f"{where}: {key!r} must be a non-empty string")
+        negative = record.get("negative")
+        if negative is not None and (not isinstance(negative, str) or not negative.strip()):
+            raise ValueError(f"{where}: 'negative' must be a non-empty string or null")
+        score = record.get("score", record.get("label"))
+        if isinstance(score, bool) or not isinstance(score, (int, float)):
+            score = None  # a feedback label ("liked") is not a similarity score
+        elif not math.isfinite(score):
+            raise ValueError(f"{where}: 'score' must be a finite number, got {score!r}")
+        rows.append({"query": record["query"], "positive": record["positive"], "negative": negative,
+                     "score": None if score is None else float(score)})
     return rows
 
 

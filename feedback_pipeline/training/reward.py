@@ -44,7 +44,7 @@ from transformers import TrainerCallback
 
 from feedback_pipeline.training.chat_sft import MlflowStepLogger, _sha256
 from feedback_pipeline.training.checkpoints import TRAINING_CONFIG_NAME
-from feedback_pipeline.training.config_file import JsonConfig, run_cli
+from feedback_pipeline.training.config_file import JsonConfig, jsonl_records, run_cli
 
 logger = logging.getLogger(__name__)
 
@@ -179,17 +179,12 @@ def prompt_messages(value: Any) -> list[Message]:
 def load_pairs(path: str | Path) -> list[dict[str, Any]]:
     """Read preference pairs as ``{"prompt": [messages], "chosen": str, "rejected": str}``; raise on a bad line."""
     rows = []
-    with open(path, encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{line_no}"
-            try:
-                record = json.loads(line)
-                rows.append({"prompt": prompt_messages(record["prompt"]), "chosen": answer_text(record["chosen"]),
-                             "rejected": answer_text(record["rejected"])})
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-                raise ValueError(f"{where}: not a preference pair ({type(exc).__name__}: {exc})") from exc
+    for where, record in jsonl_records(path):
+        try:
+            rows.append({"prompt": prompt_messages(record["prompt"]), "chosen": answer_text(record["chosen"]),
+                         "rejected": answer_text(record["rejected"])})
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{where}: not a preference pair ({type(exc).__name__}: {exc})") from exc
     return rows
 
 
