@@ -62,7 +62,7 @@ def test_full_graph_trains_every_family_and_decides_each(postgres_url, tmp_path,
     assert evaluation["champion"] == "base (version 0)"
     assert evaluation["judge"].startswith(settings.reward_model_name)
     assert comparison.win["n"] == 4 and 0 <= comparison.win["lc_win_rate"] <= 1
-    assert {"liked_logprob", "preference_accuracy", "reward", "gold_sentence_chrf"} <= set(comparison.intervals)
+    assert {"liked_logprob", "preference_accuracy", "preference_margin", "reward", "gold_sentence_chrf"} <= set(comparison.intervals)
 
     # The registry: one version per family, tagged for lineage and cleanup; the champion alias agrees with the
     # decisions; model_deployments holds one row per decision.

@@ -143,7 +143,7 @@ def chat_model_version(context: dg.AssetExecutionContext, chat_adapter: dict, sf
 
 class ChatGateConfig(GateConfig):
     primary_metric: str = Field("lc_win_rate", description="lc_win_rate | win_rate | reward | preference_accuracy "
-                                                           "| liked_logprob | gold_chrf.")
+                                                           "| preference_margin | liked_logprob | gold_sentence_chrf.")
     length_relative: float = Field(_TOLERANCES["length_relative"], description="Allowed relative change of the mean "
                                                                                "answer length, either way.")
     refusal_rate: float = Field(_TOLERANCES["refusal_rate"], description="Allowed rise of the refusal rate.")

@@ -101,4 +101,5 @@ def decision_check(decision: dict) -> dg.AssetCheckResult:
         decision["champion"] == decision["compared_with"])
     return dg.AssetCheckResult(passed=consistent, metadata={
         "decision": decision["decision"], "candidate": decision["version"],
-        "champion_now": decision["champion"] or "none", "compared_with": decision["compared_with"] or "version 0"})
+        "champion_now": decision["champion"] or "none", "compared_with": decision["compared_with"] or "version 0",
+        "reasons": dg.MetadataValue.md("\n".join(f"- {r}" for r in decision["reasons"]))})

@@ -5,7 +5,8 @@ once with named adapters. Measured, each paired per example so the gate gets a p
 
 - ``liked_logprob``: mean per-token log-probability of held-out liked answers (its NLL is a guardrail);
 - ``preference_accuracy``: on held-out chosen/rejected pairs, does the model give the chosen answer the higher
-  length-normalised log-probability (ties half);
+  length-normalised log-probability (ties half); ``preference_margin``: by how much (per-token log-prob, chosen
+  minus rejected);
 - generated answers: both models answer the same held-out prompts, the reward model judges each pair of answers;
   win rate and length-controlled win rate (the primary metric by default), length / refusal / repetition / empty
   answers as guardrails, win outcomes per segment;
@@ -141,12 +142,14 @@ def compare_chat_with_champion(base_model_path: str, champion_adapter: str | Non
                        for p in pairs[: options.max_pairs] for key in ("chosen", "rejected")]
     if chosen_rejected:
         log(f"scoring {len(chosen_rejected) // 2} held-out preference pairs under both models")
-        accuracy = {}
+        accuracy, margin = {}, {}
         for name in (CHAMPION, CHALLENGER):
             lp = logprobs(name, chosen_rejected)
             accuracy[name] = win_outcomes(lp[1::2], lp[0::2])  # chosen (even rows) above rejected
+            margin[name] = lp[0::2] - lp[1::2]  # per-token log-prob of chosen minus rejected
         intervals["preference_accuracy"] = paired_interval(accuracy[CHAMPION], accuracy[CHALLENGER],
                                                            seed=options.seed)
+        intervals["preference_margin"] = paired_interval(margin[CHAMPION], margin[CHALLENGER], seed=options.seed)
 
     records = held_out_prompts(held_out, options.n_generated, options.seed)
     prompts = [r["prompt"] for r in records]
