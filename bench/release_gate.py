@@ -7,7 +7,8 @@
    that partly rewards length.
 2. Real small model (SmolLM2-135M, oasst1 held-out sibling-rank pairs, primary metric preference accuracy): planted
    worse (supervised on the rejected answers), copy of the champion, planted better (supervised on the chosen
-   answers), each decided on ``--seeds`` differently seeded held-out samples of 48 of 64 pairs.
+   answers), each decided on ``--seeds`` differently seeded samples of 48 of the held-out pairs with short prompts
+   (49 in the oasst1 validation split: the samples overlap, so they vary the bootstrap more than the data).
 """
 
 from __future__ import annotations

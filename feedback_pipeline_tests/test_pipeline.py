@@ -14,6 +14,7 @@ from feedback_pipeline.definitions import build_definitions
 from feedback_pipeline.defs.automation import RELEASE_DECISIONS
 from feedback_pipeline.ingestion.importers import import_records, read_oasst1
 from feedback_pipeline.release.deployments import deployments
+from feedback_pipeline.release.models import promote
 from feedback_pipeline.settings import load_settings
 from feedback_pipeline.store.repository import FeedbackStore
 from feedback_pipeline.summary import pipeline_summary
@@ -87,6 +88,18 @@ def test_full_graph_trains_every_family_and_decides_each(postgres_url, tmp_path,
     model = mlflow.pyfunc.load_model(f"models:/{settings.chat_model_name}/{chat['version']}")
     reply = model.predict(["Say hello."])
     assert isinstance(reply[0], str) and reply[0].strip()
+
+    # A champion now serves: the next candidate is compared with it (its adapter, not the base), on the same data.
+    promote(client, store, settings.chat_model_name, chat["version"], reason="test", actor="test", source="manual")
+    selected = ("chat_preference_evaluation", "chat_preference_promotion_decision")
+    again = defs.resolve_job_def("retraining_job").execute_in_process(
+        run_config={"ops": {"chat_preference_evaluation": RUN_CONFIG["ops"]["chat_preference_evaluation"]}},
+        instance=instance, asset_selection=[dg.AssetKey(k) for k in selected])
+    assert again.success
+    assert again.output_for_node("chat_preference_evaluation")["champion"] == f"{settings.chat_model_name}/{chat['version']}"
+    second = again.output_for_node("chat_preference_promotion_decision")
+    assert second["compared_with"] == chat["version"] and second["decision"] == "keep"  # 4 prompts decide nothing
+    assert str(client.get_model_version_by_alias(settings.chat_model_name, "champion").version) == chat["version"]
 
     summary = pipeline_summary(settings, instance)
     assert "chat_promotion_decision" in summary and f"decision={chat['decision']}" in summary
