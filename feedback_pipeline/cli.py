@@ -1,4 +1,5 @@
-"""Command line: ``feedback-pipeline migrate | import | prepare-models | serve | erase-user | summary | models``."""
+"""Command line: ``feedback-pipeline migrate | import | prepare-models | serve | serve-api | keys | erase-user | summary |
+models``."""
 
 from __future__ import annotations
 
@@ -54,6 +55,45 @@ def cmd_serve(settings, args) -> int:
         pass
     finally:
         server.server_close()
+    return 0
+
+
+def cmd_serve_api(settings, args) -> int:
+    import uvicorn
+
+    from feedback_pipeline.service.app import create_app
+
+    print(f"feedback capture service on http://{args.host}:{args.port}/v1 (docs at /docs)", flush=True)
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, server_header=False, log_level="info")
+    return 0
+
+
+def cmd_keys_create(settings, args) -> int:
+    from feedback_pipeline.service.keys import create_key
+
+    store = _release_store(settings)
+    key_id, secret = create_key(store, args.name, args.scopes)
+    print(f"key {key_id} ({args.name}, scopes {args.scopes}); the secret is shown only now:", file=sys.stderr)
+    print(secret)
+    return 0
+
+
+def cmd_keys_list(settings, args) -> int:
+    from feedback_pipeline.service.keys import list_keys
+
+    for key in list_keys(_release_store(settings)):
+        state = f"revoked {key.revoked_at:%Y-%m-%d %H:%M}" if key.revoked_at else "active"
+        print(f"{key.id}  {key.name}  {','.join(sorted(key.scopes))}  created {key.created_at:%Y-%m-%d %H:%M}  {state}")
+    return 0
+
+
+def cmd_keys_revoke(settings, args) -> int:
+    from feedback_pipeline.service.keys import revoke
+
+    if not revoke(_release_store(settings), args.key_id):
+        print(f"error: no active key {args.key_id}", file=sys.stderr)
+        return 1
+    print(f"revoked {args.key_id}")
     return 0
 
 
@@ -270,6 +310,20 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--host", default="127.0.0.1")
     srv.add_argument("--port", type=int, default=8080)
     srv.set_defaults(func=cmd_serve)
+    api = sub.add_parser("serve-api", help="run the FastAPI capture service (/v1/feedback) with uvicorn")
+    api.add_argument("--host", default="127.0.0.1")
+    api.add_argument("--port", type=int, default=8000)
+    api.set_defaults(func=cmd_serve_api)
+    keys = sub.add_parser("keys", help="API keys of the capture service: create, list, revoke")
+    ksub = keys.add_subparsers(dest="keys_command", required=True)
+    cmd = ksub.add_parser("create", help="new key; prints its secret once")
+    cmd.add_argument("name")
+    cmd.add_argument("--scopes", default="write", help="comma-separated: write, read, admin (default: write)")
+    cmd.set_defaults(func=_user_errors(cmd_keys_create))
+    ksub.add_parser("list", help="all keys (never their secrets)").set_defaults(func=cmd_keys_list)
+    cmd = ksub.add_parser("revoke", help="revoke one key by id")
+    cmd.add_argument("key_id")
+    cmd.set_defaults(func=cmd_keys_revoke)
     era = sub.add_parser("erase-user", help="delete every feedback row of one user")
     era.add_argument("user_id")
     era.set_defaults(func=cmd_erase_user)

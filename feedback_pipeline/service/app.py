@@ -1,0 +1,91 @@
+"""The capture service: ``create_app(settings)``; one FeedbackStore per process, created in the lifespan.
+
+Nothing touches the database at import time. Errors all have the shape ``{"errors": [{"field", "reason"}]}``:
+4xx for anything the client sent, 503 only when the database cannot be used.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+
+import sqlalchemy as sa
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from feedback_pipeline.ingestion.records import FeedbackValidationError
+from feedback_pipeline.service.routers import feedback
+from feedback_pipeline.settings import Settings, load_settings
+from feedback_pipeline.store.repository import FeedbackStore
+
+log = logging.getLogger(__name__)
+
+
+def _errors(status: int, field: str | None, reason: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"errors": [{"field": field, "reason": reason}]}, status_code=status, headers=headers)
+
+
+def _migrate(app: FastAPI) -> None:
+    if not app.state.migrated:
+        app.state.store.migrate()
+        app.state.migrated = True
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or load_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        app.state.store = FeedbackStore(settings.feedback_db_url)
+        app.state.migrated = False
+        try:
+            await run_in_threadpool(_migrate, app)
+        except Exception as exc:  # the service still starts: /readyz says 503 and retries the migration
+            log.warning("database not ready at startup: %s", exc)
+        yield
+        app.state.store.dispose()
+
+    app = FastAPI(title="feedback capture", version="1", lifespan=lifespan)
+    app.include_router(feedback.router)
+
+    @app.exception_handler(FeedbackValidationError)
+    async def invalid_record(request: Request, exc: FeedbackValidationError):
+        return _errors(400 if exc.field == "body" else 422, exc.field, exc.reason)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError):
+        errors = [{"field": ".".join(str(p) for p in e.get("loc", ())[1:]) or "body", "reason": e.get("msg", "")}
+                  for e in exc.errors()]
+        return JSONResponse({"errors": errors}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        detail = exc.detail if isinstance(exc.detail, dict) else {"field": None, "reason": str(exc.detail)}
+        return _errors(exc.status_code, detail.get("field"), detail.get("reason", ""), getattr(exc, "headers", None))
+
+    @app.exception_handler(sa.exc.SQLAlchemyError)
+    async def database_error(request: Request, exc: sa.exc.SQLAlchemyError):
+        log.warning("database error on %s %s: %s", request.method, request.url.path, exc)
+        return _errors(503, None, f"database unavailable, nothing stored ({type(exc).__name__})",
+                       {"Retry-After": "5"})
+
+    @app.get("/healthz", tags=["health"], summary="The process answers (no database)")
+    async def healthz():
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"], summary="The database is reachable and migrated; 503 otherwise")
+    async def readyz(request: Request):
+        def check() -> None:
+            _migrate(request.app)
+            with request.app.state.store.engine.connect() as conn:
+                conn.execute(sa.text("SELECT 1"))
+        try:
+            await run_in_threadpool(check)
+        except Exception as exc:
+            return _errors(503, None, f"database not reachable: {type(exc).__name__}", {"Retry-After": "5"})
+        return {"status": "ready"}
+
+    return app

@@ -1,0 +1,42 @@
+"""Dependencies: the process's FeedbackStore and the API key of the request (401 without, 403 wrong scope)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request
+
+from feedback_pipeline.service.keys import ApiKey, verify
+from feedback_pipeline.store.repository import FeedbackStore
+
+
+def get_store(request: Request) -> FeedbackStore:
+    return request.app.state.store
+
+
+StoreDep = Annotated[FeedbackStore, Depends(get_store)]
+
+
+def _secret(request: Request) -> str | None:
+    auth = request.headers.get("authorization", "")
+    scheme, _, value = auth.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return request.headers.get("x-api-key", "").strip() or None
+
+
+def current_key(request: Request, store: StoreDep) -> ApiKey:
+    key = verify(store, _secret(request))
+    if key is None:
+        raise HTTPException(401, detail={"field": "Authorization", "reason": "missing, unknown or revoked API key"},
+                            headers={"WWW-Authenticate": "Bearer"})
+    return key
+
+
+def require(scope: str):
+    """A dependency returning the request's key when it has ``scope`` (admin has every scope)."""
+    def check(key: Annotated[ApiKey, Depends(current_key)]) -> ApiKey:
+        if not key.allows(scope):
+            raise HTTPException(403, detail={"field": "Authorization", "reason": f"this key lacks the {scope!r} scope"})
+        return key
+    return check
