@@ -104,17 +104,10 @@ class PreferenceConfig(JsonConfig, CheckpointOptions):
     logging_steps: int = field(default=1, metadata={"help": "Log loss (progress, MLflow) every N optimizer steps."})
 
     def __post_init__(self) -> None:
-        if isinstance(self.lora_target_modules, str):
-            self.lora_target_modules = [m.strip() for m in self.lora_target_modules.split(",") if m.strip()]
-        self.lora_target_modules = list(self.lora_target_modules)
-        if self.eval_file == "":
-            self.eval_file = None
+        self.normalise_common(("max_steps", "per_device_train_batch_size", "gradient_accumulation_steps", "lora_r",
+                               "max_length", "eval_steps", "save_steps", "save_total_limit", "logging_steps"))
         if self.method not in METHODS:
             raise ValueError(f"PreferenceConfig.method must be one of {METHODS}, got {self.method!r}")
-        for name in ("max_steps", "per_device_train_batch_size", "gradient_accumulation_steps", "lora_r", "max_length",
-                     "eval_steps", "save_steps", "save_total_limit", "logging_steps"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"PreferenceConfig.{name} must be >= 1, got {getattr(self, name)!r}")
         if not self.lora_target_modules:
             raise ValueError("PreferenceConfig.lora_target_modules is empty")
         if self.max_prompt_length is None:

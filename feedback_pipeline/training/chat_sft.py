@@ -88,15 +88,8 @@ class ChatSFTConfig(JsonConfig, CheckpointOptions):
     )
 
     def __post_init__(self) -> None:
-        if isinstance(self.lora_target_modules, str):
-            self.lora_target_modules = [m.strip() for m in self.lora_target_modules.split(",") if m.strip()]
-        self.lora_target_modules = list(self.lora_target_modules)
-        if self.eval_file == "":
-            self.eval_file = None
-        for name in ("max_steps", "per_device_train_batch_size", "gradient_accumulation_steps", "lora_r", "max_length",
-                     "logging_steps", "eval_steps", "save_steps", "save_total_limit"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"ChatSFTConfig.{name} must be >= 1, got {getattr(self, name)!r}")
+        self.normalise_common(("max_steps", "per_device_train_batch_size", "gradient_accumulation_steps", "lora_r",
+                               "max_length", "logging_steps", "eval_steps", "save_steps", "save_total_limit"))
         if not self.lora_target_modules:
             raise ValueError("ChatSFTConfig.lora_target_modules is empty")
         validate_early_stopping(self)

@@ -25,6 +25,20 @@ class JsonConfig:
     def from_json_file(cls, path: str | Path):
         return cls.from_dict(json.loads(Path(path).read_text()))
 
+    def normalise_common(self, at_least_one: tuple[str, ...]) -> None:
+        """What every trainer config's ``__post_init__`` starts with: a comma-separated ``lora_target_modules`` (as
+        JSON files may give it) becomes a list, an empty ``eval_file`` means none, each ``at_least_one`` field >= 1."""
+        if hasattr(self, "lora_target_modules"):
+            modules = self.lora_target_modules
+            if isinstance(modules, str):
+                modules = [m.strip() for m in modules.split(",") if m.strip()]
+            self.lora_target_modules = list(modules)
+        if getattr(self, "eval_file", None) == "":
+            self.eval_file = None
+        for name in at_least_one:
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{type(self).__name__}.{name} must be >= 1, got {getattr(self, name)!r}")
+
 
 def jsonl_records(path: str | Path) -> Iterator[tuple[str, Any]]:
     """(``path:line``, parsed value) for every non-blank line of a trainer's JSONL input; a line that is not JSON

@@ -103,14 +103,8 @@ class RewardConfig(JsonConfig):
     eval_batch_size: int = field(default=16, metadata={"help": "Sequences per forward pass when scoring eval pairs."})
 
     def __post_init__(self) -> None:
-        if isinstance(self.lora_target_modules, str):
-            self.lora_target_modules = [m.strip() for m in self.lora_target_modules.split(",") if m.strip()]
-        self.lora_target_modules = list(self.lora_target_modules)
-        if self.eval_file == "":
-            self.eval_file = None
-        for name in ("max_steps", "per_device_train_batch_size", "lora_r", "logging_steps", "eval_batch_size"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"RewardConfig.{name} must be >= 1, got {getattr(self, name)!r}")
+        self.normalise_common(("max_steps", "per_device_train_batch_size", "lora_r", "logging_steps",
+                               "eval_batch_size"))
         if self.max_length < 16:
             raise ValueError(f"RewardConfig.max_length must be >= 16, got {self.max_length}")
         if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
