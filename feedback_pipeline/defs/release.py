@@ -5,6 +5,7 @@ A decision moves the ``champion`` alias only when the gate says promote; keep an
 person promotes a needs_review version.
 """
 
+import dataclasses
 import json
 import math
 from typing import Literal
@@ -58,14 +59,12 @@ def act_on_decision(context: dg.AssetExecutionContext, store: FeedbackStore, nam
     client = mlflow.MlflowClient()
     current = alias_target(client, name, CHAMPION)
     current_version = None if current is None else str(current.version)
-    outcome = decision.decision
-    reasons = list(decision.reasons)
-    if outcome == "promote" and current_version != expected_champion:
-        outcome = "needs_review"
-        reasons.append(f"the champion moved to {current_version} during evaluation (compared with "
-                       f"{expected_champion or 'version 0'}): re-evaluate or approve by hand")
-    evidence = json_safe({**decision.to_dict(), "decision": outcome, "reasons": reasons,
-                          "compared_with": expected_champion, **(extra or {})})
+    if decision.decision == "promote" and current_version != expected_champion:
+        decision = dataclasses.replace(decision, decision="needs_review", reasons=decision.reasons + (
+            f"the champion moved to {current_version} during evaluation (compared with "
+            f"{expected_champion or 'version 0'}): re-evaluate or approve by hand",))
+    outcome, reasons = decision.decision, list(decision.reasons)
+    evidence = json_safe({**decision.to_dict(), "compared_with": expected_champion, **(extra or {})})
     reason = "; ".join(reasons)
     client.set_model_version_tag(name, version, "gate_evidence_run", run_id)
     if outcome == "promote":
@@ -86,10 +85,7 @@ def act_on_decision(context: dg.AssetExecutionContext, store: FeedbackStore, nam
         "decision": outcome, "registered_model": name, "version": version,
         "champion_now": result["champion"] or "none (version 0 serves)",
         "compared_with": expected_champion or "version 0",
-        "evidence": dg.MetadataValue.md(decision.markdown().replace(f"**Decision: {decision.decision}**",
-                                                                    f"**Decision: {outcome}**")
-                                        + ("\n\n" + "\n".join(f"- {r}" for r in reasons[len(decision.reasons):])
-                                           if len(reasons) > len(decision.reasons) else "")),
+        "evidence": dg.MetadataValue.md(decision.markdown()),
         "mlflow_run_id": run_id, "deployment_id": row.id})
     return result
 
