@@ -35,6 +35,13 @@ class Settings:
     judge_base_url: str  # "" = the reward model judges generated answers
     judge_model: str
     judge_api_key: str
+    # Capture service (feedback_pipeline/service): browser origins allowed by CORS, per-key requests per minute,
+    # open connections, seconds to receive a whole request, and the Dagster webserver the job endpoints drive.
+    cors_origins: tuple[str, ...]
+    rate_limit_per_minute: int
+    max_connections: int
+    read_timeout_s: float
+    dagster_url: str
 
     @cached_property
     def models_dir(self) -> Path:
@@ -72,4 +79,9 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         judge_base_url=env.get("JUDGE_BASE_URL", ""),
         judge_model=env.get("JUDGE_MODEL", ""),
         judge_api_key=env.get("JUDGE_API_KEY", ""),
+        cors_origins=tuple(o.strip().rstrip("/") for o in env.get("FEEDBACK_CORS_ORIGINS", "").split(",") if o.strip()),
+        rate_limit_per_minute=int(env.get("FEEDBACK_RATE_LIMIT_PER_MINUTE", "6000")),
+        max_connections=int(env.get("FEEDBACK_MAX_CONNECTIONS", "512")),
+        read_timeout_s=float(env.get("FEEDBACK_READ_TIMEOUT_S", "10")),
+        dagster_url=env.get("DAGSTER_WEBSERVER_URL", "http://127.0.0.1:3000"),
     )

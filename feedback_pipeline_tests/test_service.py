@@ -126,6 +126,11 @@ def test_create_get_delete(service):
     assert service.store.count() == 1
 
 
+def _in_an_hour() -> str:
+    from datetime import datetime, timedelta, timezone
+    return (datetime.now(timezone.utc) + timedelta(hours=1)).isoformat()
+
+
 def test_idempotent_retries_store_one_row(service):
     retry = {"Idempotency-Key": "req-42"}
     status1, one = service("POST", "/v1/feedback", feedback(), key="writer", headers=retry)
@@ -138,7 +143,7 @@ def test_idempotent_retries_store_one_row(service):
     assert service("POST", "/v1/feedback", feedback(id=client_id), key="writer") == (200, {"id": client_id, "created": False})
     # Another key cannot overwrite a record it did not write.
     status, body = service("POST", "/v1/feedback", feedback(id=client_id, rating="down",
-                                                           updated_at="2999-01-01T00:00:00Z"), key="writer2")
+                                                           updated_at=_in_an_hour()), key="writer2")
     assert status == 409 and body["errors"][0]["field"] == "id"
     assert service("GET", f"/v1/feedback/{client_id}", key="admin")[1]["rating"] == 1.0
     assert service.store.count() == 3
@@ -162,6 +167,11 @@ BAD_INPUTS = [
     ("NaN in metadata", ('{' + _VALID + ', "metadata": {"x": NaN}}').encode(), "metadata.x"),
     ("deep nesting", ('{' + _VALID + ', "metadata": ' + '[' * 100_000 + ']' * 100_000 + '}').encode(), "body"),
     ("bad id", ('{' + _VALID + ', "id": "abc"}').encode(), "id"),
+    ("year 9999", ('{' + _VALID + ', "created_at": "9999-01-01T00:00:00Z"}').encode(), "created_at"),
+    ("year 1970", ('{' + _VALID + ', "created_at": "1970-01-01T00:00:00Z"}').encode(), "created_at"),
+    ("9 MB query", ('{"query": "' + "x" * 900_000 + '", "response": "r"}').encode(), "query"),
+    ("1,000-character user_id", ('{' + _VALID + ', "user_id": "' + "u" * 1000 + '"}').encode(), "user_id"),
+    ("300 KB metadata", ('{' + _VALID + ', "metadata": {"x": "' + "m" * 300_000 + '"}}').encode(), "metadata"),
 ]
 
 

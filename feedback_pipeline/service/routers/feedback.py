@@ -1,7 +1,7 @@
 """``/v1/feedback``: submit one record, read it, delete it.
 
 A record goes through the same ``normalise_record`` as the importers and the old ``http.server`` endpoint, after
-a strict JSON read (``service/validation.py``). Ids: a client-given ``id`` or an ``Idempotency-Key`` header (scoped
+a strict JSON read (``ingestion/strict.py``). Ids: a client-given ``id`` or an ``Idempotency-Key`` header (scoped
 to the API key) makes a retry land on the same row; without either the server assigns a fresh uuid4, so two
 users' identical answers are two rows. The writing key's id is kept in ``metadata.api_key_id``: only that key
 (or an admin key) may overwrite or delete the record.
@@ -17,10 +17,10 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Request, Response
 from fastapi.encoders import jsonable_encoder
 from starlette.concurrency import run_in_threadpool
 
-from feedback_pipeline.ingestion.records import FeedbackValidationError, _present, normalise_record
+from feedback_pipeline.ingestion.records import FeedbackValidationError, _present
 from feedback_pipeline.service.deps import StoreDep, require
 from feedback_pipeline.service.keys import ApiKey
-from feedback_pipeline.service.validation import MAX_BODY_BYTES, check_row, check_value, parse_body
+from feedback_pipeline.ingestion.strict import MAX_BODY_BYTES, check_value, parse_json, validate_record
 from feedback_pipeline.store.repository import FEEDBACK, FeedbackStore, _utc
 
 router = APIRouter(prefix="/v1/feedback", tags=["feedback"])
@@ -77,15 +77,14 @@ def _save(store: FeedbackStore, row: dict, key: ApiKey) -> bool:
 async def create_feedback(request: Request, response: Response, store: StoreDep,
                           key: Annotated[ApiKey, Depends(require("write"))],
                           idempotency_key: Annotated[str | None, Header()] = None) -> dict[str, Any]:
-    record = parse_body(await _read_body(request))
+    record = parse_json(await _read_body(request))
     if not isinstance(record, dict):
         raise FeedbackValidationError("body", f"must be one JSON object, got {type(record).__name__}")
     if idempotency_key is not None:
         check_value(idempotency_key, "Idempotency-Key")
     if not _present(record.get("id")):
         record = {**record, "id": _fresh_id(key, idempotency_key)}
-    row = normalise_record(record, source=SOURCE)
-    check_row(row)
+    row = validate_record(record, source=SOURCE)
     row["metadata"] = {**row["metadata"], WRITER_KEY: key.id}
     created = await run_in_threadpool(_save, store, row, key)
     if not created:

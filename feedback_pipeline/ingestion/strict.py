@@ -1,21 +1,32 @@
-"""Strict reading of a request body before ``normalise_record``, and a check of the normalised row against the
-column types, so that no client input reaches the database as something it rejects (which would be a 5xx).
+"""Strict reading of untrusted JSON (an HTTP body, an import line) around ``normalise_record``, and a check of the
+normalised row against the columns, so that no input reaches the database as something it rejects (a 5xx for
+the service, a failed batch for an import). The service and the importers share ``parse_json`` +
+``validate_record``.
 
 Rejected with the path of the field: invalid JSON or UTF-8, NaN/Infinity (also numbers that overflow to
 infinity), lone surrogates and NUL characters in any string or key, nesting deeper than ``MAX_DEPTH``, integers
-outside the column range, text columns given a non-text value.
+outside the column range, text columns given a non-text value, text longer than its documented size, JSON
+columns larger than ``MAX_JSON_BYTES``, timestamps outside ``EARLIEST`` .. now + ``FUTURE_SLACK``.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from feedback_pipeline.ingestion.records import FeedbackValidationError
+from feedback_pipeline.ingestion.records import FeedbackValidationError, normalise_record
 
 MAX_BODY_BYTES = 1024 * 1024
 MAX_DEPTH = 32
+# Documented sizes (README "Limits"): long free text, short labels, and each JSON column once serialised.
+MAX_LONG_TEXT = 100_000
+MAX_SHORT_TEXT = 512
+MAX_JSON_BYTES = 256 * 1024
+_LONG_TEXT = ("query", "response", "comment")
+EARLIEST = datetime(2000, 1, 1, tzinfo=timezone.utc)
+FUTURE_SLACK = timedelta(days=1)
 _INT32 = (-(2**31), 2**31 - 1)
 _INT_COLUMNS = {"message_index": _INT32, "prompt_tokens": _INT32, "completion_tokens": _INT32,
                 "rating_thumb": (-1, 1), "rating_stars": (1, 5)}
@@ -35,10 +46,10 @@ def _float(text: str):
     return value if math.isfinite(value) else _NonFinite(text)
 
 
-def parse_body(raw: bytes) -> Any:
-    """JSON from bytes; raises FeedbackValidationError(field, reason) for anything a column could not hold."""
+def parse_json(raw: bytes) -> Any:
+    """JSON from bytes (one body or one line); raises FeedbackValidationError(field, reason) for anything a column could not hold."""
     if not raw:
-        raise FeedbackValidationError("body", "is empty: send one JSON object")
+        raise FeedbackValidationError("body", "is empty: send JSON")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -67,8 +78,9 @@ def _check_text(text: str, path: str) -> None:
 def check_value(value: Any, path: str, depth: int = 0) -> None:
     if depth > MAX_DEPTH:
         raise FeedbackValidationError(path or "body", f"nests deeper than {MAX_DEPTH} levels")
-    if isinstance(value, _NonFinite):
-        raise FeedbackValidationError(path or "body", f"must be a finite number, got {value.text}")
+    if isinstance(value, _NonFinite) or (isinstance(value, float) and not math.isfinite(value)):
+        text = value.text if isinstance(value, _NonFinite) else repr(value)
+        raise FeedbackValidationError(path or "body", f"must be a finite number, got {text}")
     if isinstance(value, str):
         _check_text(value, path)
     elif isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
@@ -82,7 +94,7 @@ def check_value(value: Any, path: str, depth: int = 0) -> None:
             check_value(item, f"{path}[{i}]", depth + 1)
 
 
-def check_row(row: dict) -> None:
+def check_row(row: dict, now: datetime | None = None) -> None:
     """The normalised row fits its columns (range, type); raise FeedbackValidationError otherwise."""
     for name, (low, high) in _INT_COLUMNS.items():
         value = row.get(name)
@@ -96,8 +108,29 @@ def check_row(row: dict) -> None:
         value = row.get(name)
         if value is not None and not isinstance(value, str):
             raise FeedbackValidationError(name, f"must be text, got {type(value).__name__}")
+        limit = MAX_LONG_TEXT if name in _LONG_TEXT else MAX_SHORT_TEXT
+        if value is not None and len(value) > limit:
+            raise FeedbackValidationError(name, f"is {len(value)} characters, more than the {limit} allowed")
     for name in _JSON_COLUMNS:
         try:
-            json.dumps(row.get(name), allow_nan=False)
+            size = len(json.dumps(row.get(name), allow_nan=False, ensure_ascii=False).encode("utf-8", "surrogatepass"))
         except (TypeError, ValueError) as exc:
             raise FeedbackValidationError(name, f"cannot be stored as JSON ({exc})") from None
+        if size > MAX_JSON_BYTES:
+            raise FeedbackValidationError(name, f"is {size} bytes as JSON, more than the {MAX_JSON_BYTES} allowed")
+    latest = (now or datetime.now(timezone.utc)) + FUTURE_SLACK
+    for name in ("created_at", "updated_at"):
+        value = row.get(name)
+        if value is not None and not EARLIEST <= value <= latest:
+            raise FeedbackValidationError(
+                name, f"must lie between {EARLIEST.date()} and now + {FUTURE_SLACK.days} day, got {value.isoformat()}")
+
+
+def validate_record(record: Any, source: str, now: datetime | None = None) -> dict:
+    """One already-parsed record -> a row that every column accepts, or FeedbackValidationError."""
+    if not isinstance(record, dict):
+        raise FeedbackValidationError("record", f"must be one JSON object, got {type(record).__name__}")
+    check_value(record, "")
+    row = normalise_record(record, source=source, now=now)
+    check_row(row, now)
+    return row
