@@ -69,7 +69,15 @@ class FeedbackStore:
                 from pathlib import Path
                 Path(self.url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
             url = self.url.replace("postgresql://", "postgresql+psycopg://", 1)
-            self._engine = sa.create_engine(url, pool_pre_ping=True)
+            if url.startswith("sqlite"):
+                # WAL lets readers run beside the one writer; writers wait up to 30 s for the lock instead of
+                # failing with "database is locked" when the capture service takes concurrent requests.
+                self._engine = sa.create_engine(url, connect_args={"timeout": 30})
+                sa.event.listen(self._engine, "connect", _sqlite_pragmas)
+            else:
+                # connect_timeout: a database that is down answers 503 fast instead of hanging a request.
+                self._engine = sa.create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20,
+                                                pool_timeout=10, connect_args={"connect_timeout": 5})
         return self._engine
 
     @property
@@ -154,6 +162,14 @@ class FeedbackStore:
         with self.engine.begin() as conn:
             conn.execute(sa.delete(CLEANED).where(CLEANED.c.user_id == user_id))
             return conn.execute(sa.delete(FEEDBACK).where(FEEDBACK.c.user_id == user_id)).rowcount
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
 
 
 def _utc(value):
