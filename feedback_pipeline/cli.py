@@ -25,15 +25,30 @@ def cmd_migrate(settings, args) -> int:
 
 
 def cmd_import(settings, args) -> int:
-    from feedback_pipeline.ingestion.importers import READERS, import_records
+    """Exit 0 when the import ran, even with rejected lines (listed on stderr); 2 when the file cannot be read or
+    the database fails (the chunks committed before stay, and the summary says how many)."""
+    import psycopg
+    import sqlalchemy as sa
 
-    store = _store(settings)
-    store.migrate()
-    report = import_records(store, READERS[args.format](Path(args.path)), source=args.source or args.format)
+    from feedback_pipeline.ingestion.importers import READERS, ImportReport, import_records
+
+    source = args.source or args.format
+    report = ImportReport(source=source)
+    try:
+        store = _store(settings)
+        store.migrate()
+        import_records(store, READERS[args.format](Path(args.path)), source=source, report=report)
+    except (OSError, sa.exc.SQLAlchemyError, psycopg.Error) as err:
+        print(json.dumps(report.summary()))
+        print(f"error: import stopped: {type(err).__name__}: {err}".splitlines()[0], file=sys.stderr)
+        return 2
     print(json.dumps(report.summary()))
-    for problem in report.rejected[:20]:
+    shown = 20
+    for problem in report.rejected[:shown]:
         print(f"rejected line {problem['line']}: {problem['field']}: {problem['reason']}", file=sys.stderr)
-    return 1 if report.rejected and args.strict else 0
+    if report.rejected_count > shown:
+        print(f"... and {report.rejected_count - shown} more rejected lines", file=sys.stderr)
+    return 1 if report.rejected_count and args.strict else 0
 
 
 def cmd_prepare_models(settings, args) -> int:

@@ -51,7 +51,7 @@ def test_jsonl_and_csv_report_bad_lines_by_number(tmp_path, store):
                                 json.dumps(feedback(query="q2", stars=5, rating=None))]) + "\n")
     report = import_records(store, read_jsonl(jsonl), "jsonl")
     assert report.summary()["inserted"] == 2
-    assert [(r["line"], r["field"]) for r in report.rejected] == [(2, "record"), (3, "query")]
+    assert [(r["line"], r["field"]) for r in report.rejected] == [(2, "line"), (3, "query")]
     csv_file = tmp_path / "f.csv"
     csv_file.write_text('query,response,rating,history,subject\n'
                         'Hi,Hello there,down,"[{""role"": ""user"", ""content"": ""x""}]",billing\n'

@@ -1,7 +1,9 @@
 """File importers: our JSONL/CSV format, and the two public feedback sets in ../shared/data.
 
-Every importer yields raw dicts in the documented record format (see README "Sending feedback"); they all go
-through ``normalise_record`` so a file row and an HTTP request are validated by the same code.
+Readers yield records (dicts) or ``Line``s (a record, raw JSONL bytes or a read error, with the file's line
+number). ``import_records`` streams them through ``strict.parse_json`` + ``strict.validate_record`` (the HTTP
+service's checks) and writes the valid rows in committed chunks, so memory does not grow with the file and a
+bad line is reported, never fatal.
 """
 
 from __future__ import annotations
@@ -10,13 +12,24 @@ import csv
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
-from feedback_pipeline.ingestion.records import FeedbackValidationError, normalise_record
+from feedback_pipeline.ingestion.records import FeedbackValidationError
+from feedback_pipeline.ingestion.strict import MAX_BODY_BYTES, parse_json, validate_record
+from feedback_pipeline.store.bulk import chunk_writer
 from feedback_pipeline.store.repository import FeedbackStore, WriteResult
 
 # FeedbackQA's four answer grades, onto our [-1, 1] scale (Excellent/Acceptable like, the others dislike).
 FEEDBACKQA_GRADES = {"Excellent": 1.0, "Acceptable": 0.5, "Could be Improved": -0.5, "Bad": -1.0}
+CHUNK_ROWS = 20_000
+# Rejections kept in detail; beyond that only counted, so a file of bad lines cannot fill memory.
+MAX_REJECTED_KEPT = 1_000
+
+
+@dataclass(frozen=True)
+class Line:
+    number: int
+    value: dict | bytes | FeedbackValidationError
 
 
 @dataclass
@@ -24,60 +37,107 @@ class ImportReport:
     source: str
     read: int = 0
     written: WriteResult | None = None
-    rejected: list[dict] = field(default_factory=list)  # {"line": n, "field": ..., "reason": ...}
+    rejected: list[dict] = field(default_factory=list)  # {"line": n, "field": ..., "reason": ...}, the first ones
+    rejected_count: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
+
+    def reject(self, line: int, error: FeedbackValidationError) -> None:
+        self.rejected_count += 1
+        if len(self.rejected) < MAX_REJECTED_KEPT:
+            # strict names a problem with the whole input "body"; in a file that input is the line.
+            self.rejected.append({"line": line, "field": "line" if error.field == "body" else error.field,
+                                  "reason": error.reason})
+
+    def add(self, result: WriteResult) -> None:
+        w = self.written or WriteResult(0, 0, 0)
+        self.written = WriteResult(w.received + result.received, w.inserted + result.inserted,
+                                   w.updated + result.updated)
 
     def summary(self) -> dict:
         w = self.written or WriteResult(0, 0, 0)
         return {"source": self.source, "read": self.read, "inserted": w.inserted, "updated": w.updated,
-                "unchanged": w.unchanged, "rejected": len(self.rejected), "skipped": self.skipped}
+                "unchanged": w.unchanged, "rejected": self.rejected_count, "skipped": self.skipped}
 
 
-def import_records(store: FeedbackStore, records: Iterator[dict], source: str) -> ImportReport:
-    """Validate every record, write the valid ones in one transaction, and report the rejected by line."""
-    report, rows = ImportReport(source=source), []
-    for line, record in enumerate(records, start=1):
-        report.read += 1
-        if "__invalid__" in record:
-            report.rejected.append({"line": line, "field": "record", "reason": record["__invalid__"]})
-            continue
-        try:
-            rows.append(normalise_record(record, source=source))
-        except FeedbackValidationError as exc:
-            report.rejected.append({"line": line, **exc.as_dict()})
-    report.written = store.write(rows)
+def import_records(store: FeedbackStore, records: Iterable[dict | Line], source: str,
+                   chunk_size: int = CHUNK_ROWS, report: ImportReport | None = None) -> ImportReport:
+    """Validate every record and write the valid ones in committed chunks; report the rejected by line.
+
+    A plain dict counts as line = its position. Pass ``report`` to keep the counts of the chunks committed before
+    a database failure.
+    """
+    report = report if report is not None else ImportReport(source=source)
+    chunk: list[dict] = []
+    with chunk_writer(store) as write:
+        for position, item in enumerate(records, start=1):
+            number, value = (item.number, item.value) if isinstance(item, Line) else (position, item)
+            report.read += 1
+            try:
+                if isinstance(value, FeedbackValidationError):
+                    raise value
+                chunk.append(validate_record(parse_json(value) if isinstance(value, bytes) else value, source))
+            except FeedbackValidationError as exc:
+                report.reject(number, exc)
+                continue
+            if len(chunk) >= chunk_size:
+                report.add(write(chunk))
+                chunk = []
+        if chunk:
+            report.add(write(chunk))
     return report
 
 
-def read_jsonl(path: Path) -> Iterator[dict]:
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if line.strip():
-                try:
-                    yield json.loads(line)
-                except json.JSONDecodeError as exc:
-                    # A broken line is still a record the caller must hear about, not a silent skip.
-                    yield {"__invalid__": f"line {number} is not valid JSON ({exc.msg})"}
+def read_jsonl(path: Path) -> Iterator[Line]:
+    """Raw lines as bytes (decoded and parsed by the importer, so a bad byte rejects one line); blank lines skipped."""
+    with open(path, "rb") as handle:
+        number = 0
+        while raw := handle.readline(MAX_BODY_BYTES + 1):
+            number += 1
+            if len(raw) > MAX_BODY_BYTES and not raw.endswith(b"\n"):
+                while (rest := handle.readline(MAX_BODY_BYTES)) and not rest.endswith(b"\n"):
+                    pass  # skip the rest of an over-long line without holding it
+                yield Line(number, FeedbackValidationError("line", f"is longer than {MAX_BODY_BYTES} bytes"))
+            elif raw.strip():
+                yield Line(number, raw.removeprefix(b"\xef\xbb\xbf") if number == 1 else raw)
 
 
-def read_csv(path: Path) -> Iterator[dict]:
-    """CSV with a header row of record field names; JSON-valued fields (history, metadata ...) as JSON text."""
-    with open(path, encoding="utf-8", newline="") as handle:
-        for row in csv.DictReader(handle):
-            yield {key: value for key, value in row.items() if key and value != ""}
+def read_csv(path: Path) -> Iterator[Line]:
+    """CSV with a header row of record field names; JSON-valued fields (history, metadata ...) as JSON text.
+
+    Bytes that are not UTF-8 become lone surrogates, which validation rejects for that row only.
+    """
+    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as handle:
+        reader = csv.DictReader(handle)
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                yield Line(reader.line_num, FeedbackValidationError("line", f"is not valid CSV ({exc})"))
+                continue
+            yield Line(reader.line_num, {key: value for key, value in row.items() if key and value != ""})
 
 
-def read_oasst1(path: Path) -> Iterator[dict]:
+def read_oasst1(path: Path) -> Iterator[dict | Line]:
     """Assistant replies of an oasst1 message-tree export, each with its prompt and conversation history.
 
+    The whole message tree is held in memory (a reply needs its ancestors, which may come later in the file);
+    the records then stream through the same chunked writer as any import. An unreadable line is yielded as a
+    ``Line`` carrying the error, so the import reports it.
     The rating is the net of the ``+1`` and ``-1`` emoji votes, normalised as (up - down) / (up + down);
     replies without votes are imported unrated. Sibling ``rank`` and the quality labels go to metadata.
     """
     messages = {}
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            message = json.loads(line)
-            messages[message["message_id"]] = message
+    with open(path, "rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            try:
+                message = parse_json(line)
+                messages[message["message_id"]] = message
+            except FeedbackValidationError as exc:
+                yield Line(number, exc)
+            except (TypeError, KeyError):
+                yield Line(number, FeedbackValidationError("message_id", "is missing: not an oasst1 message"))
     for message in messages.values():
         if message["role"] != "assistant" or message.get("deleted"):
             continue

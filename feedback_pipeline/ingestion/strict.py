@@ -131,6 +131,23 @@ def validate_record(record: Any, source: str, now: datetime | None = None) -> di
     if not isinstance(record, dict):
         raise FeedbackValidationError("record", f"must be one JSON object, got {type(record).__name__}")
     check_value(record, "")
-    row = normalise_record(record, source=source, now=now)
+    try:
+        row = normalise_record(record, source=source, now=now)
+    except OverflowError:  # a timestamp near year 1 or 9999 whose offset moves it out of range
+        raise FeedbackValidationError(_overflowing_timestamp(record), "is a timestamp out of range") from None
+    for name in _JSON_COLUMNS:  # JSON sent as text was decoded after check_value saw it
+        if isinstance(record.get(name), str):
+            check_value(row[name], name)
     check_row(row, now)
     return row
+
+
+def _overflowing_timestamp(record: dict) -> str:
+    for name in ("created_at", "updated_at"):
+        try:
+            datetime.fromisoformat(str(record.get(name)).replace("Z", "+00:00")).astimezone(timezone.utc)
+        except OverflowError:
+            return name
+        except ValueError:
+            pass
+    return "record"

@@ -1,0 +1,67 @@
+"""Chunked bulk writes of validated feedback rows, with the same upsert rule as ``FeedbackStore.write``.
+
+PostgreSQL: each chunk is COPYed into a temporary staging table and merged by one ``INSERT ... SELECT ... ON
+CONFLICT`` (about 5x faster than executemany). SQLite: ``FeedbackStore.write`` per chunk. Every chunk is its
+own transaction, so a failure keeps the chunks committed before it.
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+from feedback_pipeline.ingestion.records import COLUMNS
+from feedback_pipeline.store.repository import _CHANGE, _MUTABLE, FeedbackStore, WriteResult
+
+_JSON_COLUMNS = frozenset(("history", "tools_called", "retrieved_context", "metadata"))
+_COLS = ", ".join(f'"{c}"' for c in COLUMNS)
+
+_STAGE = f'CREATE TEMP TABLE feedback_staging ON COMMIT DROP AS SELECT 0::bigint AS seq, {_COLS} FROM feedback WITH NO DATA'
+_COPY = f'COPY feedback_staging (seq, {_COLS}) FROM STDIN'
+# ON CONFLICT may touch a row only once per statement: keep one row per id, the newest (the first on a tie, as
+# row-by-row upserts would).
+_UPSERT = f"""
+WITH merged AS (
+    INSERT INTO feedback ({_COLS})
+    SELECT DISTINCT ON (id) {_COLS} FROM feedback_staging ORDER BY id, updated_at DESC, seq
+    ON CONFLICT (id) DO UPDATE SET {", ".join(f'"{c}" = EXCLUDED."{c}"' for c in _MUTABLE)}
+    WHERE feedback.updated_at < EXCLUDED.updated_at
+      AND ({" OR ".join(f'feedback."{c}" IS DISTINCT FROM EXCLUDED."{c}"' for c in _CHANGE)})
+    RETURNING (xmax = 0) AS inserted
+)
+SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM merged
+"""
+
+Writer = Callable[[list[dict]], WriteResult]
+
+
+@contextmanager
+def chunk_writer(store: FeedbackStore) -> Iterator[Writer]:
+    """A function that writes and commits one chunk of rows; on PostgreSQL it holds one connection throughout."""
+    if store.dialect != "postgresql":
+        yield store.write
+        return
+    raw = store.engine.raw_connection()
+    try:
+        yield lambda rows: _copy_upsert(raw, rows)
+    finally:
+        raw.close()
+
+
+def _copy_upsert(raw, rows: list[dict]) -> WriteResult:
+    conn = raw.driver_connection
+    dumps = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
+    try:
+        with conn.cursor() as cur:
+            cur.execute(_STAGE)
+            with cur.copy(_COPY) as copy:
+                for seq, row in enumerate(rows):
+                    copy.write_row([seq] + [dumps(row[c]) if c in _JSON_COLUMNS else row[c] for c in COLUMNS])
+            cur.execute(_UPSERT)
+            inserted, updated = cur.fetchone()
+        raw.commit()
+    except BaseException:
+        raw.rollback()
+        raise
+    return WriteResult(received=len(rows), inserted=inserted, updated=updated)
