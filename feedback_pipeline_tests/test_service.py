@@ -27,16 +27,19 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _start(db_url: str, tmp_path) -> tuple[subprocess.Popen, str]:
+def _start(db_url: str, tmp_path, env: dict | None = None) -> tuple[subprocess.Popen, str]:
     port = _free_port()
-    env = {**os.environ, "FEEDBACK_DB_URL": db_url, "FEEDBACK_DATA_DIR": str(tmp_path / "data")}
-    proc = subprocess.Popen([sys.executable, "-m", "feedback_pipeline.cli", "serve-api", "--port", str(port)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    env = {**os.environ, "FEEDBACK_DB_URL": db_url, "FEEDBACK_DATA_DIR": str(tmp_path / "data"), **(env or {})}
+    # The log goes to a file: a pipe nobody reads would block the server once it fills.
+    log = tmp_path / f"server-{port}.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "feedback_pipeline.cli", "serve-api", "--port", str(port)],
+                                env=env, stdout=out, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise AssertionError(f"server exited: {proc.stdout.read().decode(errors='replace')}")
+            raise AssertionError(f"server exited: {log.read_text(errors='replace')}")
         try:
             if call("GET", base + "/healthz")[0] == 200:
                 return proc, base

@@ -166,8 +166,10 @@ def label_of(rating: float) -> str:
 
 # --- the step ------------------------------------------------------------------------------------------------
 
-def clean_feedback(df: pd.DataFrame) -> CleaningResult:
+def clean_feedback(df: pd.DataFrame, redact: bool = True) -> CleaningResult:
     """Normalise, validate, drop superseded re-ratings, redact PII and label the feedback in ``df``.
+
+    ``redact=False`` only for an admin's raw export: every stored and trained-on frame is redacted.
 
     ``cleaned`` keeps the input columns (text normalised and redacted, ``rating`` as float) and adds
     ``duplicate_count`` (rows, across users, sharing this query and response), ``label`` and ``pii_redacted``.
@@ -185,10 +187,13 @@ def clean_feedback(df: pd.DataFrame) -> CleaningResult:
     kept = drop_rerated(valid).copy()
     kept["rating"] = kept["rating"].astype(float)
     kept["duplicate_count"] = kept.groupby(["query", "response"], sort=False)["id"].transform("size").astype("int64")
-    kept, per_row, by_kind = _redact_frame(kept)
+    if redact:
+        kept, per_row, by_kind = _redact_frame(kept)
+    else:
+        per_row, by_kind = pd.Series(0, index=kept.index, dtype="int64"), Counter()
     kept["label"] = kept["rating"].map(label_of).astype(object)
     kept["pii_redacted"] = per_row
-    rejected, _, _ = _redact_frame(rejected.copy())  # rejected rows are stored and shown too: no PII there either
+    rejected = _redact_frame(rejected.copy())[0] if redact else rejected  # rejected rows are stored and shown too: no PII there either
 
     stats = {
         "rows_in": len(df), "rows_rejected": len(rejected), "duplicates_removed": len(valid) - len(kept),

@@ -206,11 +206,16 @@ def _split_stats(rows: pd.DataFrame) -> dict:
     return {"users_on_both_sides": users_on_both_sides(rows, rows["split"]) if len(rows) else 0}
 
 
-def build_sft_dataset(cleaned: pd.DataFrame, root: Path, policy: SFTPolicy = SFTPolicy(),
-                      name: str = "sft") -> BuiltDataset:
+def sft_records_by_split(cleaned: pd.DataFrame, policy: SFTPolicy) -> tuple[pd.DataFrame, dict[str, list[dict]]]:
+    """The trainable rows and their SFT records per split: what ``sft_dataset`` writes and the export streams."""
     rows = trainable_rows(cleaned, policy.eval_fraction, policy.split_by_user)
     newest = _newest(rows)
-    by_split = {split: sft_records(rows[rows["split"] == split], policy, newest) for split in ("train", "eval")}
+    return rows, {split: sft_records(rows[rows["split"] == split], policy, newest) for split in ("train", "eval")}
+
+
+def build_sft_dataset(cleaned: pd.DataFrame, root: Path, policy: SFTPolicy = SFTPolicy(),
+                      name: str = "sft") -> BuiltDataset:
+    rows, by_split = sft_records_by_split(cleaned, policy)
     weights = pd.Series([r["weight"] for r in by_split["train"]], dtype=float)
     stats = {**_split_stats(rows), "train_weight": {"min": weights.min(), "mean": weights.mean(), "max": weights.max()}
              if len(weights) else {}}

@@ -12,12 +12,16 @@ from contextlib import asynccontextmanager
 import sqlalchemy as sa
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from feedback_pipeline.ingestion.records import FeedbackValidationError
-from feedback_pipeline.service.routers import feedback
+from feedback_pipeline.service.limits import ReadDeadline
+from feedback_pipeline.service.openapi import COMPONENTS
+from feedback_pipeline.service.ratelimit import TokenBuckets
+from feedback_pipeline.service.routers import feedback, users
 from feedback_pipeline.settings import Settings, load_settings
 from feedback_pipeline.store.repository import FeedbackStore
 
@@ -49,7 +53,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.store.dispose()
 
     app = FastAPI(title="feedback capture", version="1", lifespan=lifespan)
+    app.state.rate_limits = TokenBuckets(settings.rate_limit_per_minute)
     app.include_router(feedback.router)
+    app.include_router(users.router)
+    app.add_middleware(ReadDeadline, timeout_s=settings.read_timeout_s)
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, routes=app.routes,
+                                 description="Feedback capture: auth with `Authorization: Bearer <key>`.")
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(COMPONENTS)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi
 
     @app.exception_handler(FeedbackValidationError)
     async def invalid_record(request: Request, exc: FeedbackValidationError):

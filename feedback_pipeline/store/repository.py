@@ -97,6 +97,11 @@ class FeedbackStore:
 
         All rows are written in one transaction: when this returns, every row is committed.
         """
+        with self.engine.begin() as conn:
+            return self.write_in(conn, rows, chunk_size)[0]
+
+    def write_in(self, conn: sa.Connection, rows: Iterable[dict], chunk_size: int = 500) -> tuple[WriteResult, list[str]]:
+        """``write`` inside the caller's transaction; also each row's outcome: inserted, updated or unchanged."""
         rows = [_to_db(row, self.dialect) for row in rows]
         insert = (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(FEEDBACK)
         stmt = insert.on_conflict_do_update(
@@ -105,24 +110,26 @@ class FeedbackStore:
             where=sa.and_(FEEDBACK.c.updated_at < insert.excluded.updated_at,
                           sa.or_(*(FEEDBACK.c[n].is_distinct_from(insert.excluded[n]) for n in _CHANGE))),
         )
-        inserted = updated = 0
-        with self.engine.begin() as conn:
-            for start in range(0, len(rows), chunk_size):
-                chunk = rows[start:start + chunk_size]
-                ids = [r["id"] for r in chunk]
-                known = {str(r.id): (_utc(r.updated_at), tuple(r[2:])) for r in conn.execute(
-                    sa.select(FEEDBACK.c.id, FEEDBACK.c.updated_at, *(FEEDBACK.c[n] for n in _CHANGE))
-                    .where(FEEDBACK.c.id.in_(ids)))}
-                conn.execute(stmt, chunk)
-                for r in chunk:  # mirror the statement's decision to report what happened
-                    state = (_utc(r["updated_at"]), tuple(r[n] for n in _CHANGE))
-                    if r["id"] not in known:
-                        inserted += 1
-                        known[r["id"]] = state
-                    elif known[r["id"]][0] < state[0] and known[r["id"]][1] != state[1]:
-                        updated += 1
-                        known[r["id"]] = state
-        return WriteResult(received=len(rows), inserted=inserted, updated=updated)
+        outcomes: list[str] = []
+        for start in range(0, len(rows), chunk_size):
+            chunk = rows[start:start + chunk_size]
+            ids = [r["id"] for r in chunk]
+            known = {str(r.id): (_utc(r.updated_at), tuple(r[2:])) for r in conn.execute(
+                sa.select(FEEDBACK.c.id, FEEDBACK.c.updated_at, *(FEEDBACK.c[n] for n in _CHANGE))
+                .where(FEEDBACK.c.id.in_(ids)))}
+            conn.execute(stmt, chunk)
+            for r in chunk:  # mirror the statement's decision to report what happened
+                state = (_utc(r["updated_at"]), tuple(r[n] for n in _CHANGE))
+                if r["id"] not in known:
+                    outcomes.append("inserted")
+                    known[r["id"]] = state
+                elif known[r["id"]][0] < state[0] and known[r["id"]][1] != state[1]:
+                    outcomes.append("updated")
+                    known[r["id"]] = state
+                else:
+                    outcomes.append("unchanged")
+        result = WriteResult(received=len(rows), inserted=outcomes.count("inserted"), updated=outcomes.count("updated"))
+        return result, outcomes
 
     def read_frame(self, start: datetime | None = None, end: datetime | None = None,
                    column: str = "created_at") -> pd.DataFrame:
