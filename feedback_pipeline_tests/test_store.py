@@ -15,7 +15,7 @@ def test_migrations_apply_once_and_are_recorded(store):
     assert store.migrate() == []  # the fixture already applied them
     with store.engine.connect() as conn:
         versions = [r[0] for r in conn.execute(sa.text("SELECT version FROM schema_migrations ORDER BY version"))]
-    assert versions == [m.version for m in discover()]
+    assert versions == [m.version for m in discover(dialect=store.dialect)]
 
 
 def test_schema_mirror_matches_migrated_table(store):
@@ -38,6 +38,41 @@ def test_edited_migration_is_refused(store, tmp_path):
         (folder / "001_extra.sql").write_text("CREATE TABLE extra_b (x INTEGER);")
         with pytest.raises(RuntimeError, match="changed after it was applied"):
             migrate(engine, folder)
+    finally:
+        engine.dispose()
+
+
+def test_per_dialect_migration_with_statement_breakpoints(store, tmp_path):
+    """A version may come as one file per dialect; `--> statement-breakpoint` keeps `;` inside a statement."""
+    folder = tmp_path / "sql"
+    folder.mkdir()
+    (folder / "001_shared.sql").write_text("CREATE TABLE dm_a (x INTEGER); CREATE TABLE dm_b (x INTEGER);")
+    body = "INSERT INTO dm_b VALUES (NEW.x); INSERT INTO dm_b VALUES (NEW.x + 1);"
+    (folder / "002_copy.sqlite.sql").write_text(
+        "-- sqlite\nCREATE TRIGGER dm_t AFTER INSERT ON dm_a BEGIN " + body + " END;\n--> statement-breakpoint\n")
+    (folder / "002_copy.postgresql.sql").write_text(
+        "CREATE FUNCTION dm_f() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN " + body + " RETURN NULL; END $$;\n"
+        "--> statement-breakpoint\n"
+        "CREATE TRIGGER dm_t AFTER INSERT ON dm_a FOR EACH ROW EXECUTE FUNCTION dm_f();")
+    engine = sa.create_engine(store.engine.url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text("DELETE FROM schema_migrations"))
+        assert migrate(engine, folder) == [1, 2] and migrate(engine, folder) == []
+        with engine.begin() as conn:
+            conn.execute(sa.text("INSERT INTO dm_a VALUES (10)"))
+            assert sorted(r[0] for r in conn.execute(sa.text("SELECT x FROM dm_b"))) == [10, 11]
+            recorded = conn.execute(sa.text("SELECT checksum FROM schema_migrations WHERE version = 2")).scalar_one()
+        assert recorded == discover(folder, store.dialect)[1].checksum  # the checksum of the file this engine ran
+        other = "sqlite" if store.dialect == "postgresql" else "postgresql"
+        (folder / f"002_copy.{other}.sql").write_text("-- edited: not this engine's file\n")
+        assert migrate(engine, folder) == []
+        (folder / f"002_copy.{store.dialect}.sql").write_text("-- edited\n")
+        with pytest.raises(RuntimeError, match="changed after it was applied"):
+            migrate(engine, folder)
+        (folder / f"002_copy.{other}.sql").unlink()  # one dialect missing a file is refused
+        with pytest.raises(ValueError, match="per dialect"):
+            discover(folder)
     finally:
         engine.dispose()
 
