@@ -1,11 +1,13 @@
 """Jobs, the new-feedback sensor and the weekly schedule: retraining without anyone."""
 
 
+from dataclasses import dataclass
 from datetime import datetime
 
 import dagster as dg
 
 from feedback_pipeline.defs.resources import FeedbackStoreResource
+from feedback_pipeline.store.repository import FeedbackStore
 
 WEEKLY_DATASETS = ("weekly_sft_dataset", "weekly_kto_dataset")
 
@@ -75,8 +77,41 @@ def last_dataset_watermark(instance: dg.DagsterInstance) -> datetime | None:
     if event is None or event.asset_materialization is None:
         return None
     value = event.asset_materialization.metadata.get("data_watermark")
-    text = getattr(value, "value", value)
+    return parse_watermark(getattr(value, "value", value))
+
+
+def parse_watermark(text: str | None) -> datetime | None:
+    """The ``data_watermark`` metadata text of an sft_dataset materialization ("none" = no rated data)."""
     return datetime.fromisoformat(text) if text and text != "none" else None
+
+
+@dataclass(frozen=True)
+class RetrainingCheck:
+    """New rated feedback since ``since`` (the later of the dataset watermark and the sensor cursor)."""
+
+    since: datetime | None
+    new_rated: int
+    newest: datetime | None
+    min_new_rated: int
+
+    @property
+    def due(self) -> bool:
+        return self.new_rated >= self.min_new_rated and self.newest is not None
+
+    @property
+    def reason(self) -> str:
+        return (f"{self.new_rated} new rated rows since {self.since or 'the beginning'}; "
+                f"{'due' if self.due else 'waiting'} for {self.min_new_rated}")
+
+
+def check_new_rated(store: FeedbackStore, watermark: datetime | None, cursor: str | None,
+                    min_new_rated: int) -> RetrainingCheck:
+    """The sensor's decision without the sensor: the capture service's /v1/jobs/check calls it too."""
+    # The cursor remembers the newest row we already asked a run for, so a pending run is not re-requested.
+    requested = datetime.fromisoformat(cursor) if cursor else None
+    since = max(filter(None, [watermark, requested]), default=None)
+    new_rated, newest = store.rated_since(since)
+    return RetrainingCheck(since, new_rated, newest, min_new_rated)
 
 
 def build_retraining_sensor(min_new_rated: int) -> dg.SensorDefinition:
@@ -85,17 +120,13 @@ def build_retraining_sensor(min_new_rated: int) -> dg.SensorDefinition:
                description=f"Requests retraining_job once {min_new_rated} new rated feedback rows have arrived "
                            "since the data the last dataset was built from.")
     def new_feedback_sensor(context: dg.SensorEvaluationContext, feedback_store: FeedbackStoreResource):
-        watermark = last_dataset_watermark(context.instance)
-        # The cursor remembers the newest row we already asked a run for, so a pending run is not re-requested.
-        requested = datetime.fromisoformat(context.cursor) if context.cursor else None
-        since = max(filter(None, [watermark, requested]), default=None)
-        new_rows, newest = feedback_store.store().rated_since(since)
-        if new_rows < min_new_rated or newest is None:
-            return dg.SkipReason(f"{new_rows} new rated rows since {since or 'the beginning'}; "
-                                 f"waiting for {min_new_rated}")
+        check = check_new_rated(feedback_store.store(), last_dataset_watermark(context.instance), context.cursor,
+                                min_new_rated)
+        if not check.due:
+            return dg.SkipReason(check.reason)
         return dg.SensorResult(
-            run_requests=[dg.RunRequest(run_key=f"retrain-until-{newest.isoformat()}",
-                                        tags={"new_rated_rows": str(new_rows)})],
-            cursor=newest.isoformat())
+            run_requests=[dg.RunRequest(run_key=f"retrain-until-{check.newest.isoformat()}",
+                                        tags={"new_rated_rows": str(check.new_rated)})],
+            cursor=check.newest.isoformat())
 
     return new_feedback_sensor

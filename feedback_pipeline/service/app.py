@@ -23,6 +23,7 @@ from feedback_pipeline.service.openapi import COMPONENTS
 from feedback_pipeline.service.ratelimit import TokenBuckets
 from feedback_pipeline.service.routers import feedback, users
 from feedback_pipeline.service.routers import stats
+from feedback_pipeline.service.routers import improvement, jobs
 from feedback_pipeline.settings import Settings, load_settings
 from feedback_pipeline.store.repository import FeedbackStore
 
@@ -57,6 +58,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.rate_limits = TokenBuckets(settings.rate_limit_per_minute)
     app.include_router(stats.router)
     app.include_router(feedback.router)
+    app.include_router(improvement.router)
+    app.include_router(jobs.router)
     app.include_router(users.router)
     app.add_middleware(ReadDeadline, timeout_s=settings.read_timeout_s)
 
