@@ -45,10 +45,13 @@ ui: install $(DAGSTER_HOME)/dagster.yaml
 serve: install
 	$(BIN)/feedback-pipeline serve --host 127.0.0.1 --port 8080
 
-# docker-compose (Debian's 1.29) validates the compose file in test_deployment without a Docker engine.
+# docker-compose (Debian's 1.29) validates the compose file in test_deployment without a Docker engine;
+# Debian's chromium + chromedriver run the widget's browser tests (test_widget).
 test: install
 	@command -v docker-compose >/dev/null 2>&1 || { apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null; }
+	@{ test -x /usr/bin/chromium && test -x /usr/bin/chromedriver; } || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
 	$(BIN)/pytest -q
 
 bench: install

@@ -87,8 +87,9 @@ def cmd_keys_create(settings, args) -> int:
     from feedback_pipeline.service.keys import create_key
 
     store = _release_store(settings)
-    key_id, secret = create_key(store, args.name, args.scopes)
-    print(f"key {key_id} ({args.name}, scopes {args.scopes}); the secret is shown only now:", file=sys.stderr)
+    key_id, secret = create_key(store, args.name, args.scopes, origins=args.origins)
+    bound = f", origins {','.join(args.origins)}" if args.origins else ""
+    print(f"key {key_id} ({args.name}, scopes {args.scopes}{bound}); the secret is shown only now:", file=sys.stderr)
     print(secret)
     return 0
 
@@ -334,6 +335,9 @@ def build_parser() -> argparse.ArgumentParser:
     cmd = ksub.add_parser("create", help="new key; prints its secret once")
     cmd.add_argument("name")
     cmd.add_argument("--scopes", default="write", help="comma-separated: write, read, admin (default: write)")
+    cmd.add_argument("--origin", dest="origins", action="append", metavar="URL",
+                     help="browser origin allowed to use the key, e.g. https://chat.example (repeatable); "
+                          "without it the key works from any caller")
     cmd.set_defaults(func=_user_errors(cmd_keys_create))
     ksub.add_parser("list", help="all keys (never their secrets)").set_defaults(func=cmd_keys_list)
     cmd = ksub.add_parser("revoke", help="revoke one key by id")

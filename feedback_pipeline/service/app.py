@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -23,6 +24,7 @@ from feedback_pipeline.service.openapi import COMPONENTS
 from feedback_pipeline.service.ratelimit import TokenBuckets
 from feedback_pipeline.service.routers import feedback, users
 from feedback_pipeline.service.routers import stats
+from feedback_pipeline.service.routers import widget
 from feedback_pipeline.service.routers import improvement, jobs
 from feedback_pipeline.settings import Settings, load_settings
 from feedback_pipeline.store.repository import FeedbackStore
@@ -61,6 +63,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(improvement.router)
     app.include_router(jobs.router)
     app.include_router(users.router)
+    app.include_router(widget.router)
+    # Browser pages on these origins (FEEDBACK_CORS_ORIGINS) may call the API; any other origin gets no CORS headers.
+    app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
+                       allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
+                       allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "X-API-Key"], max_age=600)
     app.add_middleware(ReadDeadline, timeout_s=settings.read_timeout_s)
 
     def openapi() -> dict:

@@ -1,4 +1,5 @@
-"""Dependencies: the process's FeedbackStore and the API key of the request (401 without, 403 wrong scope)."""
+"""Dependencies: the process's FeedbackStore and the API key of the request (401 without, 403 wrong scope or,
+for a key bound to browser origins, a missing or foreign ``Origin`` header)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,9 @@ def current_key(request: Request, store: StoreDep) -> ApiKey:
     if key is None:
         raise HTTPException(401, detail={"field": "Authorization", "reason": "missing, unknown or revoked API key"},
                             headers={"WWW-Authenticate": "Bearer"})
+    if not key.allows_origin(request.headers.get("origin")):
+        raise HTTPException(403, detail={"field": "Origin", "reason": "this key is bound to other browser origins "
+                                         f"(request Origin: {request.headers.get('origin') or 'none'})"})
     return key
 
 

@@ -1,10 +1,15 @@
-"""API keys: scoped secrets whose sha256 is stored in ``api_keys`` (sql/005_api_keys.sql), never the secret."""
+"""API keys: scoped secrets whose sha256 is stored in ``api_keys`` (sql/005_api_keys.sql), never the secret.
+
+A key may be bound to browser origins (sql/006_api_key_origins.sql): the feedback widget ships its key inside a web
+page, so such a key is only accepted on requests whose ``Origin`` header is one of its origins.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import secrets
 import uuid
+from urllib.parse import urlsplit
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -19,6 +24,7 @@ API_KEYS = sa.Table(
     "api_keys", sa.MetaData(),
     sa.Column("id", _UUID, primary_key=True), sa.Column("name", sa.Text), sa.Column("key_hash", sa.Text),
     sa.Column("scopes", sa.Text), sa.Column("created_at", _TS), sa.Column("revoked_at", _TS),
+    sa.Column("origins", sa.Text),
 )
 
 
@@ -29,9 +35,16 @@ class ApiKey:
     scopes: frozenset[str]
     created_at: datetime | None
     revoked_at: datetime | None
+    origins: tuple[str, ...] | None = None  # None = any caller; else the browser origins allowed to use it
 
     def allows(self, scope: str) -> bool:
         return scope in self.scopes or "admin" in self.scopes
+
+    def allows_origin(self, origin: str | None) -> bool:
+        """True for an unbound key; for a bound one, only when ``origin`` is one of its origins."""
+        if self.origins is None:
+            return True
+        return origin is not None and origin.strip().rstrip("/").lower() in self.origins
 
 
 def hash_secret(secret: str) -> str:
@@ -47,22 +60,48 @@ def parse_scopes(scopes: str | list[str] | tuple[str, ...]) -> list[str]:
     return parsed
 
 
-def create_key(store, name: str, scopes) -> tuple[str, str]:
-    """Store a new key; return ``(id, secret)``. The secret is not recoverable afterwards."""
+def parse_origins(origins: str | list[str] | tuple[str, ...] | None) -> list[str] | None:
+    """Normalised ``scheme://host[:port]`` origins (lower case, no trailing slash); None for no restriction."""
+    if origins is None:
+        return None
+    items = origins.split(",") if isinstance(origins, str) else list(origins)
+    parsed = []
+    for item in items:
+        origin = item.strip().rstrip("/").lower()
+        if not origin:
+            continue
+        parts = urlsplit(origin)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.path or parts.query or parts.fragment:
+            raise ValueError(f"an origin is scheme://host[:port] (http or https, no path), got {item!r}")
+        parsed.append(origin)
+    if not parsed:
+        raise ValueError(f"origins must name at least one origin, got {origins!r}")
+    return sorted(set(parsed))
+
+
+def create_key(store, name: str, scopes, origins=None) -> tuple[str, str]:
+    """Store a new key; return ``(id, secret)``. The secret is not recoverable afterwards.
+
+    ``origins`` (a list or a comma-separated string) binds the key to those browser origins; None leaves it usable
+    from anywhere.
+    """
     if not name or not name.strip():
         raise ValueError("a key needs a name")
+    origins = parse_origins(origins)
     secret = SECRET_PREFIX + secrets.token_urlsafe(32)
     key_id = str(uuid.uuid4())
     with store.engine.begin() as conn:
         conn.execute(sa.insert(API_KEYS).values(
             id=key_id, name=name.strip(), key_hash=hash_secret(secret), scopes=",".join(parse_scopes(scopes)),
-            created_at=_to_db_time(datetime.now(timezone.utc), store.dialect), revoked_at=None))
+            created_at=_to_db_time(datetime.now(timezone.utc), store.dialect), revoked_at=None,
+            origins=",".join(origins) if origins is not None else None))
     return key_id, secret
 
 
 def _row(r) -> ApiKey:
     return ApiKey(id=str(r.id), name=r.name, scopes=frozenset(s for s in r.scopes.split(",") if s),
-                  created_at=_utc(r.created_at), revoked_at=_utc(r.revoked_at))
+                  created_at=_utc(r.created_at), revoked_at=_utc(r.revoked_at),
+                  origins=tuple(o for o in r.origins.split(",") if o) if r.origins is not None else None)
 
 
 def verify(store, secret: str | None) -> ApiKey | None:
