@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -22,6 +23,7 @@ from dagster_graphql import DagsterGraphQLClient
 from feedback_pipeline.analysis.patterns import ErrorPatterns, patterns_markdown
 from feedback_pipeline.analysis.suggestions import Suggestion, suggestions_frame
 from feedback_pipeline.ingestion.records import normalise_record
+from feedback_pipeline.service.dagster_jobs import DagsterJobs, DagsterUnavailable
 from feedback_pipeline.service.keys import create_key
 from feedback_pipeline.store.repository import FeedbackStore
 from feedback_pipeline.store.suggestions import save_suggestions
@@ -155,6 +157,17 @@ def test_503_fast_when_the_webserver_is_unreachable(tmp_path):
     finally:
         _stop(proc)
         store.dispose()
+
+
+def test_a_webserver_that_never_answers_is_unavailable_after_the_timeout():
+    with socket.socket() as hanging:  # accepts connections (backlog) and never replies
+        hanging.bind(("127.0.0.1", 0))
+        hanging.listen(4)
+        jobs = DagsterJobs(f"http://127.0.0.1:{hanging.getsockname()[1]}", timeout_s=1)
+        started = time.monotonic()
+        with pytest.raises(DagsterUnavailable, match="timed out"):
+            jobs.runs("retraining_job")
+        assert time.monotonic() - started < 3
 
 
 def test_patterns_and_suggestions_are_the_latest_analysis(service, dagster_web):
