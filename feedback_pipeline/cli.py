@@ -79,7 +79,13 @@ def cmd_serve_api(settings, args) -> int:
     from feedback_pipeline.service.app import create_app
 
     print(f"feedback capture service on http://{args.host}:{args.port}/v1 (docs at /docs)", flush=True)
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, server_header=False, log_level="info")
+    # limit_concurrency answers 503 beyond FEEDBACK_MAX_CONNECTIONS; no Server header (no version disclosure).
+    # Several workers need the app as an import string; each builds its own from the same environment.
+    app = "feedback_pipeline.service.app:create_app" if settings.api_workers > 1 else create_app(settings)
+    uvicorn.run(app, factory=settings.api_workers > 1, workers=settings.api_workers, host=args.host,
+                port=args.port, server_header=False, log_level="warning", access_log=False,
+                limit_concurrency=settings.max_connections, backlog=2048, timeout_keep_alive=5,
+                timeout_graceful_shutdown=10)
     return 0
 
 

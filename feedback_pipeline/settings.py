@@ -42,6 +42,7 @@ class Settings:
     max_connections: int
     read_timeout_s: float
     dagster_url: str
+    api_workers: int  # uvicorn worker processes (each keeps its own rate-limit buckets and key cache)
 
     @cached_property
     def models_dir(self) -> Path:
@@ -84,4 +85,5 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         max_connections=int(env.get("FEEDBACK_MAX_CONNECTIONS", "512")),
         read_timeout_s=float(env.get("FEEDBACK_READ_TIMEOUT_S", "10")),
         dagster_url=env.get("DAGSTER_WEBSERVER_URL", "http://127.0.0.1:3000"),
+        api_workers=int(env.get("FEEDBACK_API_WORKERS", "1")),
     )

@@ -58,6 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="feedback capture", version="1", lifespan=lifespan)
     app.state.rate_limits = TokenBuckets(settings.rate_limit_per_minute)
+    app.state.key_cache = {}
     app.include_router(stats.router)
     app.include_router(feedback.router)
     app.include_router(improvement.router)

@@ -3,9 +3,11 @@ for a key bound to browser origins, a missing or foreign ``Origin`` header)."""
 
 from __future__ import annotations
 
+import time
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
+from starlette.concurrency import run_in_threadpool
 
 from feedback_pipeline.service.keys import ApiKey, verify
 from feedback_pipeline.store.repository import FeedbackStore
@@ -26,8 +28,24 @@ def _secret(request: Request) -> str | None:
     return request.headers.get("x-api-key", "").strip() or None
 
 
-def current_key(request: Request, store: StoreDep) -> ApiKey:
-    key = verify(store, _secret(request))
+# A verified key is trusted for this long without asking the database again: revoking a key takes effect in a
+# running service within KEY_CACHE_S seconds. Unknown secrets are never cached.
+KEY_CACHE_S = 2.0
+_MAX_CACHED = 10_000
+
+
+async def current_key(request: Request, store: StoreDep) -> ApiKey:
+    secret, now = _secret(request), time.monotonic()
+    cache: dict = request.app.state.key_cache
+    hit = cache.get(secret) if secret else None
+    if hit is not None and hit[1] > now:
+        key = hit[0]
+    else:
+        key = await run_in_threadpool(verify, store, secret)
+        if key is not None:
+            if len(cache) >= _MAX_CACHED:
+                cache.clear()
+            cache[secret] = (key, now + KEY_CACHE_S)
     if key is None:
         raise HTTPException(401, detail={"field": "Authorization", "reason": "missing, unknown or revoked API key"},
                             headers={"WWW-Authenticate": "Bearer"})
@@ -39,7 +57,7 @@ def current_key(request: Request, store: StoreDep) -> ApiKey:
 
 def require(scope: str):
     """A dependency returning the request's key when it has ``scope`` (admin has every scope)."""
-    def check(key: Annotated[ApiKey, Depends(current_key)]) -> ApiKey:
+    async def check(key: Annotated[ApiKey, Depends(current_key)]) -> ApiKey:
         if not key.allows(scope):
             raise HTTPException(403, detail={"field": "Authorization", "reason": f"this key lacks the {scope!r} scope"})
         return key

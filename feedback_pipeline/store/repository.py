@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import lru_cache
 from typing import Iterable
 
 import pandas as pd
@@ -100,21 +101,17 @@ class FeedbackStore:
         with self.engine.begin() as conn:
             return self.write_in(conn, rows, chunk_size)[0]
 
-    def write_in(self, conn: sa.Connection, rows: Iterable[dict], chunk_size: int = 500) -> tuple[WriteResult, list[str]]:
-        """``write`` inside the caller's transaction; also each row's outcome: inserted, updated or unchanged."""
+    def write_in(self, conn: sa.Connection, rows: Iterable[dict], chunk_size: int = 500,
+                 fresh: bool = False) -> tuple[WriteResult, list[str]]:
+        """``write`` inside the caller's transaction; also each row's outcome: inserted, updated or unchanged.
+        ``fresh``: the caller just minted the ids (uuid4), so the lookup of known rows is skipped."""
         rows = [_to_db(row, self.dialect) for row in rows]
-        insert = (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(FEEDBACK)
-        stmt = insert.on_conflict_do_update(
-            index_elements=["id"],
-            set_={name: insert.excluded[name] for name in _MUTABLE},
-            where=sa.and_(FEEDBACK.c.updated_at < insert.excluded.updated_at,
-                          sa.or_(*(FEEDBACK.c[n].is_distinct_from(insert.excluded[n]) for n in _CHANGE))),
-        )
+        stmt = _upsert(self.dialect)
         outcomes: list[str] = []
         for start in range(0, len(rows), chunk_size):
             chunk = rows[start:start + chunk_size]
             ids = [r["id"] for r in chunk]
-            known = {str(r.id): (_utc(r.updated_at), tuple(r[2:])) for r in conn.execute(
+            known = {} if fresh else {str(r.id): (_utc(r.updated_at), tuple(r[2:])) for r in conn.execute(
                 sa.select(FEEDBACK.c.id, FEEDBACK.c.updated_at, *(FEEDBACK.c[n] for n in _CHANGE))
                 .where(FEEDBACK.c.id.in_(ids)))}
             conn.execute(stmt, chunk)
@@ -169,6 +166,18 @@ class FeedbackStore:
         with self.engine.begin() as conn:
             conn.execute(sa.delete(CLEANED).where(CLEANED.c.user_id == user_id))
             return conn.execute(sa.delete(FEEDBACK).where(FEEDBACK.c.user_id == user_id)).rowcount
+
+
+@lru_cache(maxsize=2)
+def _upsert(dialect: str):
+    """The upsert statement, built once per dialect: building it costs more than running it on one row."""
+    insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(FEEDBACK)
+    return insert.on_conflict_do_update(
+        index_elements=["id"],
+        set_={name: insert.excluded[name] for name in _MUTABLE},
+        where=sa.and_(FEEDBACK.c.updated_at < insert.excluded.updated_at,
+                      sa.or_(*(FEEDBACK.c[n].is_distinct_from(insert.excluded[n]) for n in _CHANGE))),
+    )
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:

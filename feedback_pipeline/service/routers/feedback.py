@@ -94,12 +94,13 @@ def _may_change(key: ApiKey, writer: str | None) -> bool:
     return writer == key.id or "admin" in key.scopes
 
 
-def _save(store: FeedbackStore, rows: list[dict], key: ApiKey) -> list[str]:
-    """Write ``rows`` in one transaction; per row: inserted, updated, unchanged or forbidden (another key's id)."""
+def _save(store: FeedbackStore, rows: list[dict], key: ApiKey, fresh: bool = False) -> list[str]:
+    """Write ``rows`` in one transaction; per row: inserted, updated, unchanged or forbidden (another key's id).
+    ``fresh``: every id was just minted here (uuid4), so no owner can exist and the lookups are skipped."""
     with store.engine.begin() as conn:
-        owners = _owners(conn, [r["id"] for r in rows], lock=True)
+        owners = {} if fresh else _owners(conn, [r["id"] for r in rows], lock=True)
         allowed = [r for r in rows if r["id"] not in owners or _may_change(key, owners[r["id"]])]
-        outcomes = iter(store.write_in(conn, allowed)[1] if allowed else [])
+        outcomes = iter(store.write_in(conn, allowed, fresh=fresh)[1] if allowed else [])
     return [next(outcomes) if r["id"] not in owners or _may_change(key, owners[r["id"]]) else "forbidden"
             for r in rows]
 
@@ -112,8 +113,9 @@ async def create_feedback(request: Request, response: Response, store: StoreDep,
     record = parse_json(await _read_body(request))
     if not isinstance(record, dict):
         raise FeedbackValidationError("body", f"must be one JSON object, got {type(record).__name__}")
+    fresh = idempotency_key is None and not _present(record.get("id"))
     row = _new_row(record, key, _idempotent_id(key, idempotency_key))
-    outcome = (await run_in_threadpool(_save, store, [row], key))[0]
+    outcome = (await run_in_threadpool(_save, store, [row], key, fresh))[0]
     if outcome == "forbidden":
         raise _error(409, "id", "a record with this id was written by another key")
     if outcome != "inserted":
@@ -151,7 +153,8 @@ async def create_batch(request: Request, store: StoreDep, key: Writer,
                 {"field": f"records[{i}].id", "reason": "repeats the id of an earlier record in this batch"}]}
         seen.add(row["id"])
     keep = [(i, row) for i, row in zip(positions, rows) if not results[i]]
-    outcomes = await run_in_threadpool(_save, store, [row for _, row in keep], key) if keep else []
+    fresh = idempotency_key is None and not any(isinstance(r, dict) and _present(r.get("id")) for r in records)
+    outcomes = await run_in_threadpool(_save, store, [row for _, row in keep], key, fresh) if keep else []
     for (i, row), outcome in zip(keep, outcomes):
         results[i] = {"index": i, "id": row["id"], "status": outcome} if outcome != "forbidden" else {
             "index": i, "id": row["id"], "status": "rejected",
