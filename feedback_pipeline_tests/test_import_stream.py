@@ -62,7 +62,8 @@ def test_bad_lines_are_reported_by_number_and_good_ones_imported(tmp_path, store
     for i, (bad, field) in enumerate(BAD_LINES):
         lines += [_line(i), bad]
         expected.append((len(lines), field))
-    lines += [b"", b"   ", _line(999)]  # blank lines are skipped but keep their numbers
+    # Blank lines are skipped but keep their numbers; an escaped surrogate pair (an emoji) is fine.
+    lines += [b"", b"   ", _line(999, comment="ok \U0001F600")]
     _write(tmp_path / "mixed.jsonl", lines)
     report = import_records(store, read_jsonl(tmp_path / "mixed.jsonl"), "jsonl", chunk_size=7)
     assert [(r["line"], r["field"]) for r in report.rejected] == expected

@@ -21,7 +21,7 @@ from feedback_pipeline.store.repository import FeedbackStore, WriteResult
 
 # FeedbackQA's four answer grades, onto our [-1, 1] scale (Excellent/Acceptable like, the others dislike).
 FEEDBACKQA_GRADES = {"Excellent": 1.0, "Acceptable": 0.5, "Could be Improved": -0.5, "Bad": -1.0}
-CHUNK_ROWS = 20_000
+CHUNK_ROWS = 10_000
 # Rejections kept in detail; beyond that only counted, so a file of bad lines cannot fill memory.
 MAX_REJECTED_KEPT = 1_000
 
@@ -48,7 +48,9 @@ class ImportReport:
             self.rejected.append({"line": line, "field": "line" if error.field == "body" else error.field,
                                   "reason": error.reason})
 
-    def add(self, result: WriteResult) -> None:
+    def add(self, result: WriteResult | None) -> None:
+        if result is None:
+            return
         w = self.written or WriteResult(0, 0, 0)
         self.written = WriteResult(w.received + result.received, w.inserted + result.inserted,
                                    w.updated + result.updated)
@@ -68,22 +70,24 @@ def import_records(store: FeedbackStore, records: Iterable[dict | Line], source:
     """
     report = report if report is not None else ImportReport(source=source)
     chunk: list[dict] = []
-    with chunk_writer(store) as write:
+    with chunk_writer(store) as writer:
         for position, item in enumerate(records, start=1):
             number, value = (item.number, item.value) if isinstance(item, Line) else (position, item)
             report.read += 1
             try:
                 if isinstance(value, FeedbackValidationError):
                     raise value
-                chunk.append(validate_record(parse_json(value) if isinstance(value, bytes) else value, source))
+                chunk.append(validate_record(parse_json(value), source, checked=True) if isinstance(value, bytes)
+                             else validate_record(value, source))
             except FeedbackValidationError as exc:
                 report.reject(number, exc)
                 continue
             if len(chunk) >= chunk_size:
-                report.add(write(chunk))
+                report.add(writer.submit(chunk))
                 chunk = []
         if chunk:
-            report.add(write(chunk))
+            report.add(writer.submit(chunk))
+        report.add(writer.flush())
     return report
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -41,11 +42,6 @@ class _NonFinite:
         self.text = text
 
 
-def _float(text: str):
-    value = float(text)
-    return value if math.isfinite(value) else _NonFinite(text)
-
-
 def parse_json(raw: bytes) -> Any:
     """JSON from bytes (one body or one line); raises FeedbackValidationError(field, reason) for anything a column could not hold."""
     if not raw:
@@ -54,15 +50,37 @@ def parse_json(raw: bytes) -> Any:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise FeedbackValidationError("body", f"is not UTF-8 (byte {exc.start})") from None
+    suspect: list[str] = []  # numbers the hooks saw that a column may not hold
+
+    def _float(literal: str):
+        value = float(literal)
+        if math.isfinite(value):
+            return value
+        suspect.append(literal)
+        return _NonFinite(literal)
+
+    def _int(literal: str) -> int:
+        if len(literal) > 18:
+            suspect.append(literal)
+        return int(literal)
+
+    def _constant(literal: str) -> _NonFinite:
+        suspect.append(literal)
+        return _NonFinite(literal)
+
     try:
-        value = json.loads(text, parse_constant=_NonFinite, parse_float=_float)
+        value = json.loads(text, parse_constant=_constant, parse_float=_float, parse_int=_int)
     except json.JSONDecodeError as exc:
         raise FeedbackValidationError("body", f"is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
     except RecursionError:
         raise FeedbackValidationError("body", f"nests deeper than {MAX_DEPTH} levels") from None
     except ValueError as exc:  # e.g. an integer with more digits than Python converts
         raise FeedbackValidationError("body", f"holds a number that cannot be read ({exc})") from None
-    check_value(value, "")
+    # In text that decoded as UTF-8, a NUL or lone surrogate can only come from an escape; only the walk of
+    # check_value (which costs more than the parse) names the field, so walk only when something is suspect.
+    if suspect or "\\u0000" in text or "\\ud" in text or "\\uD" in text \
+            or text.count("[") + text.count("{") > MAX_DEPTH:
+        check_value(value, "")
     return value
 
 
@@ -76,6 +94,26 @@ def _check_text(text: str, path: str) -> None:
 
 
 def check_value(value: Any, path: str, depth: int = 0) -> None:
+    """Raise FeedbackValidationError naming the path of the first value no column could hold."""
+    if depth == 0 and _clean(value):
+        return
+    _walk(value, path, depth)
+
+
+_LONG_INT = re.compile(r"[0-9]{19}")  # may be an integer outside the 64-bit range
+
+
+def _clean(value: Any) -> bool:
+    """The same checks on the C-encoded text, without building a path per value; False means walk to find it."""
+    try:
+        text = json.dumps(value, ensure_ascii=False, allow_nan=False)
+        text.encode("utf-8")  # a lone surrogate fails here
+    except (TypeError, ValueError, RecursionError):
+        return False
+    return "\\u0000" not in text and text.count("[") + text.count("{") <= MAX_DEPTH and not _LONG_INT.search(text)
+
+
+def _walk(value: Any, path: str, depth: int) -> None:
     if depth > MAX_DEPTH:
         raise FeedbackValidationError(path or "body", f"nests deeper than {MAX_DEPTH} levels")
     if isinstance(value, _NonFinite) or (isinstance(value, float) and not math.isfinite(value)):
@@ -88,10 +126,10 @@ def check_value(value: Any, path: str, depth: int = 0) -> None:
     elif isinstance(value, dict):
         for key, item in value.items():
             _check_text(key, f"{path}.{key!r}" if path else repr(key))
-            check_value(item, f"{path}.{key}" if path else key, depth + 1)
+            _walk(item, f"{path}.{key}" if path else key, depth + 1)
     elif isinstance(value, list):
         for i, item in enumerate(value):
-            check_value(item, f"{path}[{i}]", depth + 1)
+            _walk(item, f"{path}[{i}]", depth + 1)
 
 
 def check_row(row: dict, now: datetime | None = None) -> None:
@@ -126,11 +164,15 @@ def check_row(row: dict, now: datetime | None = None) -> None:
                 name, f"must lie between {EARLIEST.date()} and now + {FUTURE_SLACK.days} day, got {value.isoformat()}")
 
 
-def validate_record(record: Any, source: str, now: datetime | None = None) -> dict:
-    """One already-parsed record -> a row that every column accepts, or FeedbackValidationError."""
+def validate_record(record: Any, source: str, now: datetime | None = None, *, checked: bool = False) -> dict:
+    """One already-parsed record -> a row that every column accepts, or FeedbackValidationError.
+
+    ``checked``: the record comes straight from ``parse_json``, which ran ``check_value`` already.
+    """
     if not isinstance(record, dict):
         raise FeedbackValidationError("record", f"must be one JSON object, got {type(record).__name__}")
-    check_value(record, "")
+    if not checked:
+        check_value(record, "")
     try:
         row = normalise_record(record, source=source, now=now)
     except OverflowError:  # a timestamp near year 1 or 9999 whose offset moves it out of range

@@ -8,6 +8,7 @@ own transaction, so a failure keeps the chunks committed before it.
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
@@ -33,20 +34,35 @@ WITH merged AS (
 SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM merged
 """
 
-Writer = Callable[[list[dict]], WriteResult]
+class ChunkWriter:
+    """Writes each chunk in a background thread while the caller validates the next one (the database's work then
+    overlaps Python's), so at most two chunks are in memory. ``submit`` returns the previous chunk's result."""
+
+    def __init__(self, write: Callable[[list[dict]], WriteResult]):
+        self._write, self._pool, self._pending = write, ThreadPoolExecutor(1, "feedback-bulk"), None
+
+    def submit(self, rows: list[dict]) -> WriteResult | None:
+        previous = self.flush()
+        self._pending = self._pool.submit(self._write, rows)
+        return previous
+
+    def flush(self) -> WriteResult | None:
+        pending, self._pending = self._pending, None
+        return pending.result() if pending is not None else None
 
 
 @contextmanager
-def chunk_writer(store: FeedbackStore) -> Iterator[Writer]:
-    """A function that writes and commits one chunk of rows; on PostgreSQL it holds one connection throughout."""
-    if store.dialect != "postgresql":
-        yield store.write
-        return
-    raw = store.engine.raw_connection()
+def chunk_writer(store: FeedbackStore) -> Iterator[ChunkWriter]:
+    """On PostgreSQL chunks go through COPY + one upsert on one held connection; on SQLite through ``store.write``.
+    Leaving the block waits for the last chunk; an error in any chunk is raised from ``submit`` or ``flush``."""
+    raw = store.engine.raw_connection() if store.dialect == "postgresql" else None
+    writer = ChunkWriter((lambda rows: _copy_upsert(raw, rows)) if raw is not None else store.write)
     try:
-        yield lambda rows: _copy_upsert(raw, rows)
+        yield writer
     finally:
-        raw.close()
+        writer._pool.shutdown(wait=True)
+        if raw is not None:
+            raw.close()
 
 
 def _copy_upsert(raw, rows: list[dict]) -> WriteResult:
