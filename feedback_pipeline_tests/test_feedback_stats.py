@@ -10,6 +10,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
+from feedback_pipeline.analysis.stats import wilson_interval
 from feedback_pipeline.ingestion.records import FeedbackValidationError, normalise_record
 from feedback_pipeline.settings import REPO_ROOT
 from feedback_pipeline.store import daily_stats
@@ -116,6 +117,15 @@ def test_build_query_windows_and_errors():
         with pytest.raises(FeedbackValidationError) as err:
             daily_stats.build_query(today=today, **kwargs)
         assert err.value.field == field
+
+
+def test_intervals_are_the_projects_wilson_interval():
+    counts = [daily_stats.Counts(likes=k, dislikes=d, neutral=3) for k, d in [(8, 2), (0, 5), (7, 0), (1, 1), (0, 0)]]
+    got = daily_stats.with_intervals(counts)
+    for c, g in zip(counts[:-1], got):
+        assert (g["like_rate_low"], g["like_rate_high"]) == pytest.approx(wilson_interval(c.likes, c.likes + c.dislikes))
+    assert (got[-1]["like_rate"], got[-1]["like_rate_low"], got[-1]["like_rate_high"]) == (None, None, None)
+    assert (got[1]["like_rate_low"], got[2]["like_rate_high"]) == (0.0, 1.0)
 
 
 def _wilson_by_hand(k: int, n: int) -> tuple[float, float]:
