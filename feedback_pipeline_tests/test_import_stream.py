@@ -11,7 +11,7 @@ import uuid
 import pytest
 
 from feedback_pipeline.cli import main
-from feedback_pipeline.ingestion.importers import import_records, read_csv, read_jsonl
+from feedback_pipeline.ingestion.importers import import_records, read_csv, read_jsonl, read_oasst1
 from feedback_pipeline.ingestion.strict import MAX_BODY_BYTES
 from feedback_pipeline.store.repository import FeedbackStore
 from feedback_pipeline_tests.conftest import feedback
@@ -144,6 +144,20 @@ def test_cli_exits_0_with_rejected_lines_and_2_when_the_file_is_missing(tmp_path
     assert json.loads(out.splitlines()[-1])["inserted"] == 2 and "rejected line 2: record:" in err
     assert main(["import", "jsonl", str(tmp_path / "missing.jsonl")]) == 2
     assert "error: import stopped" in capsys.readouterr().err
+    monkeypatch.setenv("FEEDBACK_DB_URL", "postgresql://postgres@127.0.0.1:1/test")  # nothing listens there
+    assert main(["import", "jsonl", str(tmp_path / "f.jsonl")]) == 2
+    assert "error: import stopped: OperationalError" in capsys.readouterr().err
+
+
+def test_oasst1_reports_an_unreadable_line_and_imports_the_rest(tmp_path, store):
+    prompt = {"message_id": str(uuid.uuid4()), "parent_id": None, "role": "prompter", "text": "Hi?",
+              "message_tree_id": "t1", "user_id": "u1", "created_date": "2023-02-01T00:00:00Z"}
+    reply = {**prompt, "message_id": str(uuid.uuid4()), "parent_id": prompt["message_id"], "role": "assistant",
+             "text": "Hello.", "emojis": {"name": ["+1"], "count": [2]}}
+    _write(tmp_path / "tree.jsonl", [json.dumps(prompt).encode(), b"\xff broken", json.dumps(reply).encode()])
+    report = import_records(store, read_oasst1(tmp_path / "tree.jsonl"), "oasst1")
+    assert [(r["line"], r["field"]) for r in report.rejected] == [(2, "line")]
+    assert report.summary()["inserted"] == 1 and store.read_frame()["rating_thumb"].tolist() == [1]
 
 
 _MEASURE = """

@@ -9,6 +9,7 @@ bad line is reported, never fatal.
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,26 +70,31 @@ def import_records(store: FeedbackStore, records: Iterable[dict | Line], source:
     a database failure.
     """
     report = report if report is not None else ImportReport(source=source)
-    chunk: list[dict] = []
+    rows = _valid_rows(records, source, report)
     with chunk_writer(store) as writer:
-        for position, item in enumerate(records, start=1):
-            number, value = (item.number, item.value) if isinstance(item, Line) else (position, item)
-            report.read += 1
-            try:
-                if isinstance(value, FeedbackValidationError):
-                    raise value
-                chunk.append(validate_record(parse_json(value), source, checked=True) if isinstance(value, bytes)
-                             else validate_record(value, source))
-            except FeedbackValidationError as exc:
-                report.reject(number, exc)
-                continue
-            if len(chunk) >= chunk_size:
+        try:
+            while chunk := list(itertools.islice(rows, chunk_size)):
                 report.add(writer.submit(chunk))
-                chunk = []
-        if chunk:
-            report.add(writer.submit(chunk))
+        except OSError:  # the file failed mid-way: still count the chunk already in flight
+            report.add(writer.flush())
+            raise
         report.add(writer.flush())
     return report
+
+
+def _valid_rows(records: Iterable[dict | Line], source: str, report: ImportReport) -> Iterator[dict]:
+    for position, item in enumerate(records, start=1):
+        number, value = (item.number, item.value) if isinstance(item, Line) else (position, item)
+        report.read += 1
+        try:
+            if isinstance(value, FeedbackValidationError):
+                raise value
+            row = (validate_record(parse_json(value), source, checked=True) if isinstance(value, bytes)
+                   else validate_record(value, source))
+        except FeedbackValidationError as exc:
+            report.reject(number, exc)
+            continue
+        yield row
 
 
 def read_jsonl(path: Path) -> Iterator[Line]:

@@ -34,6 +34,7 @@ WITH merged AS (
 SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM merged
 """
 
+
 class ChunkWriter:
     """Writes each chunk in a background thread while the caller validates the next one (the database's work then
     overlaps Python's), so at most two chunks are in memory. ``submit`` returns the previous chunk's result."""
@@ -50,6 +51,9 @@ class ChunkWriter:
         pending, self._pending = self._pending, None
         return pending.result() if pending is not None else None
 
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
 
 @contextmanager
 def chunk_writer(store: FeedbackStore) -> Iterator[ChunkWriter]:
@@ -60,7 +64,7 @@ def chunk_writer(store: FeedbackStore) -> Iterator[ChunkWriter]:
     try:
         yield writer
     finally:
-        writer._pool.shutdown(wait=True)
+        writer.close()
         if raw is not None:
             raw.close()
 
