@@ -15,7 +15,7 @@ import pytest
 from feedback_pipeline.cleaning.clean import clean_feedback
 from feedback_pipeline.cleaning.signals import apply_signals
 from feedback_pipeline.datasets.build import SFTPolicy, sft_records_by_split
-from feedback_pipeline.ingestion.records import COLUMNS
+from feedback_pipeline.ingestion.records import COLUMNS, SERVED_FIELDS
 from feedback_pipeline.service.keys import create_key
 from feedback_pipeline.service.openapi import FeedbackIn
 from feedback_pipeline.store.repository import FeedbackStore
@@ -117,7 +117,8 @@ def test_patch_put_rerate_and_ownership(service):
 
 
 def test_openapi_documents_the_record_model():
-    accepted = set(COLUMNS) - {"rating_thumb", "rating_raw", "rating_stars", "ingested_at", "source"} | {"stars"}
+    accepted = set(COLUMNS) - {"rating_thumb", "rating_raw", "rating_stars", "ingested_at", "source",
+                               *SERVED_FIELDS} | {"stars"}
     assert set(FeedbackIn.model_fields) == accepted - {"source"} | ({"source"} & set(FeedbackIn.model_fields))
 
 

@@ -21,8 +21,12 @@ COLUMNS = (
     "history", "response", "model_name", "model_version", "intent", "project", "subject", "rating",
     "rating_thumb", "rating_stars", "rating_raw", "rating_scale", "comment", "tools_called",
     "retrieved_context", "latency_ms", "prompt_tokens", "completion_tokens", "source", "metadata",
+    "response_id", "experiment", "arm",
 )
-_TEXT_FIELDS = ("user_id", "session_id", "model_name", "model_version", "intent", "project", "subject", "comment")
+# Copied by the capture service from the served answer that ``response_id`` names (sql/008); never client input.
+SERVED_FIELDS = ("experiment", "arm")
+_TEXT_FIELDS = ("user_id", "session_id", "model_name", "model_version", "intent", "project", "subject", "comment",
+                "response_id")
 _THUMB_WORDS = {"up": 1, "+1": 1, "like": 1, "liked": 1, "good": 1, "true": 1, "positive": 1,
                 "down": -1, "-1": -1, "dislike": -1, "disliked": -1, "bad": -1, "false": -1, "negative": -1,
                 "0": 0, "neutral": 0}
@@ -87,6 +91,8 @@ def normalise_record(record: dict[str, Any], source: str, now: datetime | None =
     unknown = set(record) - set(COLUMNS) - {"stars"}
     if unknown:
         raise FeedbackValidationError(sorted(unknown)[0], "unknown field")
+    if given := [name for name in SERVED_FIELDS if _present(record.get(name))]:
+        raise FeedbackValidationError(given[0], "is set by the server from response_id")
     now = now or datetime.now(timezone.utc)
     row: dict[str, Any] = {"query": _required_text(record, "query"), "response": _required_text(record, "response")}
     for name in _TEXT_FIELDS:
@@ -107,6 +113,7 @@ def normalise_record(record: dict[str, Any], source: str, now: datetime | None =
         raise FeedbackValidationError("metadata", "must be a JSON object")
     row["metadata"] = metadata or {}
     row["source"] = _optional_text(record, "source") or source
+    row["experiment"] = row["arm"] = None
     row["id"] = _record_id(record, row)
     return {name: row[name] for name in COLUMNS}
 

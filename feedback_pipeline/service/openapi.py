@@ -50,6 +50,9 @@ class FeedbackIn(BaseModel):
     created_at: datetime | None = None
     updated_at: datetime | None = None
     metadata: dict[str, Any] | None = None
+    response_id: str | None = Field(None, max_length=MAX_SHORT_TEXT, description=(
+        "the `id` of the chat completion rated (POST /v1/chat/completions): experiment, arm, model_name and "
+        "model_version are then taken from the answer served; an unknown id is rejected"))
 
 
 class FeedbackPatch(FeedbackIn):

@@ -36,6 +36,7 @@ FEEDBACK = sa.Table(
     sa.Column("comment", sa.Text), sa.Column("tools_called", _JSON), sa.Column("retrieved_context", _JSON),
     sa.Column("latency_ms", sa.Float), sa.Column("prompt_tokens", sa.Integer),
     sa.Column("completion_tokens", sa.Integer), sa.Column("source", sa.Text), sa.Column("metadata", _JSON),
+    sa.Column("response_id", sa.Text), sa.Column("experiment", sa.Text), sa.Column("arm", sa.Text),
 )
 assert tuple(c.name for c in FEEDBACK.columns) == COLUMNS
 _TIME_COLUMNS = ("created_at", "updated_at", "ingested_at")
@@ -162,9 +163,11 @@ class FeedbackStore:
         """Erase every record of one user (right to erasure), raw and cleaned, in one transaction; returns the raw
         rows deleted. Datasets built afterwards cannot contain them; older dataset folders are not touched."""
         from feedback_pipeline.store.cleaned import CLEANED  # it builds on this module's FEEDBACK table
+        from feedback_pipeline.store.experiments import CHAT_RESPONSES  # the exposure log names users too
 
         with self.engine.begin() as conn:
             conn.execute(sa.delete(CLEANED).where(CLEANED.c.user_id == user_id))
+            conn.execute(sa.delete(CHAT_RESPONSES).where(CHAT_RESPONSES.c.user_id == user_id))
             return conn.execute(sa.delete(FEEDBACK).where(FEEDBACK.c.user_id == user_id)).rowcount
 
 

@@ -20,12 +20,13 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
 from feedback_pipeline.datasets.export import sft_export_lines
-from feedback_pipeline.ingestion.records import COLUMNS, FeedbackValidationError, _present
+from feedback_pipeline.ingestion.records import COLUMNS, SERVED_FIELDS, FeedbackValidationError, _present
 from feedback_pipeline.ingestion.strict import MAX_BODY_BYTES, check_value, parse_json, validate_record
 from feedback_pipeline.service.deps import StoreDep, require
 from feedback_pipeline.service.keys import ApiKey
 from feedback_pipeline.service.openapi import BATCH_BODY, RECORD_BODY, PATCH_BODY
 from feedback_pipeline.service.ratelimit import rate_limited
+from feedback_pipeline.store.experiments import attribute
 from feedback_pipeline.store.feedback_query import (RATINGS, BadCursor, FeedbackFilter, list_page, plain_row,
                                                     read_filtered_frame)
 from feedback_pipeline.store.repository import FEEDBACK, FeedbackStore
@@ -39,7 +40,8 @@ MAX_BATCH_RECORDS = 1000
 MAX_BATCH_BYTES = 8 * 1024 * 1024
 MAX_PAGE = 500
 # Fields a PUT/PATCH may not change: identity, provenance and the server's own clock.
-_FIXED = ("id", "ingested_at", "source", "rating_thumb", "rating_raw")
+_FIXED = ("id", "ingested_at", "source", "rating_thumb", "rating_raw", *SERVED_FIELDS)
+_UNSERVED = "no chat answer was served with this response id"
 _RATING_INPUTS = ("rating", "stars", "rating_stars", "rating_scale")
 
 Writer = Annotated[ApiKey, Depends(require("write"))]
@@ -95,14 +97,17 @@ def _may_change(key: ApiKey, writer: str | None) -> bool:
 
 
 def _save(store: FeedbackStore, rows: list[dict], key: ApiKey, fresh: bool = False) -> list[str]:
-    """Write ``rows`` in one transaction; per row: inserted, updated, unchanged or forbidden (another key's id).
+    """Write ``rows`` in one transaction; per row: inserted, updated, unchanged, forbidden (another key's id) or
+    unserved (a response_id no answer had; rows naming a served one are attributed to its variant first).
     ``fresh``: every id was just minted here (uuid4), so no owner can exist and the lookups are skipped."""
     with store.engine.begin() as conn:
+        unserved = attribute(conn, rows)
         owners = {} if fresh else _owners(conn, [r["id"] for r in rows], lock=True)
-        allowed = [r for r in rows if r["id"] not in owners or _may_change(key, owners[r["id"]])]
+        refused = ["unserved" if r["id"] in unserved else "forbidden"
+                   if r["id"] in owners and not _may_change(key, owners[r["id"]]) else None for r in rows]
+        allowed = [r for r, no in zip(rows, refused) if no is None]
         outcomes = iter(store.write_in(conn, allowed, fresh=fresh)[1] if allowed else [])
-    return [next(outcomes) if r["id"] not in owners or _may_change(key, owners[r["id"]]) else "forbidden"
-            for r in rows]
+    return [no or next(outcomes) for no in refused]
 
 
 @router.post("", status_code=201, summary="Submit one record; 201 = committed, 200 = already stored",
@@ -118,6 +123,8 @@ async def create_feedback(request: Request, response: Response, store: StoreDep,
     outcome = (await run_in_threadpool(_save, store, [row], key, fresh))[0]
     if outcome == "forbidden":
         raise _error(409, "id", "a record with this id was written by another key")
+    if outcome == "unserved":
+        raise _error(422, "response_id", _UNSERVED)
     if outcome != "inserted":
         response.status_code = 200
     return {"id": row["id"], "created": outcome == "inserted"}
@@ -155,10 +162,12 @@ async def create_batch(request: Request, store: StoreDep, key: Writer,
     keep = [(i, row) for i, row in zip(positions, rows) if not results[i]]
     fresh = idempotency_key is None and not any(isinstance(r, dict) and _present(r.get("id")) for r in records)
     outcomes = await run_in_threadpool(_save, store, [row for _, row in keep], key, fresh) if keep else []
+    refusals = {"forbidden": ("id", "a record with this id was written by another key"),
+                "unserved": ("response_id", _UNSERVED)}
     for (i, row), outcome in zip(keep, outcomes):
-        results[i] = {"index": i, "id": row["id"], "status": outcome} if outcome != "forbidden" else {
+        results[i] = {"index": i, "id": row["id"], "status": outcome} if outcome not in refusals else {
             "index": i, "id": row["id"], "status": "rejected",
-            "errors": [{"field": f"records[{i}].id", "reason": "a record with this id was written by another key"}]}
+            "errors": [{"field": f"records[{i}].{refusals[outcome][0]}", "reason": refusals[outcome][1]}]}
     counts: dict[str, int] = {}
     for r in results:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
@@ -258,6 +267,8 @@ def _replace(store: FeedbackStore, feedback_id: str, body: dict, key: ApiKey, pa
             for name in ("rating", "rating_thumb", "rating_stars", "rating_raw", "rating_scale"):
                 row[name] = stored[name]
         row["metadata"] = {**row["metadata"], WRITER_KEY: owners[feedback_id]}
+        if attribute(conn, [row]):
+            raise FeedbackValidationError("response_id", _UNSERVED)
         values = {k: v for k, v in row.items() if k not in ("id", "ingested_at", "source")}
         if store.dialect == "sqlite":
             values = {k: (v.replace(tzinfo=None) if isinstance(v, datetime) else v) for k, v in values.items()}
