@@ -31,6 +31,7 @@ sys.path.insert(0, str(REPO))
 from feedback_pipeline.ingestion.records import COLUMNS  # noqa: E402
 from feedback_pipeline.ingestion.importers import CHUNK_ROWS  # noqa: E402
 from feedback_pipeline.ingestion.strict import parse_json, validate_record  # noqa: E402
+from feedback_pipeline.store.bulk import _COLS  # noqa: E402
 
 POSTGRES_URL = os.environ.get("FEEDBACK_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 WORDS = ("password reset account billing invoice refund shipping order delivery login error api key limit "
@@ -82,10 +83,11 @@ def _copy_text(value) -> str:
 
 def bare_copy(url: str, copy_path: Path) -> float:
     with psycopg.connect(url) as conn, conn.cursor() as cur:
-        cur.execute("CREATE TABLE plain AS SELECT * FROM feedback WITH NO DATA")  # same columns, no keys/indexes
+        # The importer's columns and types, no keys or indexes.
+        cur.execute(f"CREATE TABLE plain AS SELECT {_COLS} FROM feedback WITH NO DATA")
         conn.commit()
         started = time.perf_counter()
-        with open(copy_path, "rb") as source, cur.copy("COPY plain FROM STDIN") as copy:
+        with open(copy_path, "rb") as source, cur.copy(f"COPY plain ({_COLS}) FROM STDIN") as copy:
             while block := source.read(1 << 20):
                 copy.write(block)
         conn.commit()
