@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import dagster as dg
 
-from feedback_pipeline.defs import (analysis, cleaning, datasets, embedding, evaluation, ingestion, lifecycle, preference,
-                                    reward, training)
+from feedback_pipeline.defs import (ab_testing, analysis, cleaning, datasets, embedding, evaluation, ingestion, lifecycle,
+                                    preference, reward, training)
 from feedback_pipeline.defs.automation import (build_retraining_sensor, daily_cleaning_job, daily_cleaning_schedule,
                                                embedding_training_job, error_analysis_job, preference_training_job,
                                                retraining_job, weekly_dataset_job, weekly_dataset_schedule,
@@ -13,7 +13,8 @@ from feedback_pipeline.defs.automation import (build_retraining_sensor, daily_cl
 from feedback_pipeline.defs.resources import FeedbackStoreResource, JudgeResource, MlflowResource, WorkspaceResource
 from feedback_pipeline.settings import Settings, load_settings
 
-_MODULES = [ingestion, cleaning, analysis, datasets, training, evaluation, preference, embedding, reward, lifecycle]
+_MODULES = [ingestion, cleaning, analysis, datasets, training, evaluation, preference, embedding, reward, lifecycle,
+            ab_testing]
 
 
 def build_resources(settings: Settings) -> dict:
@@ -36,10 +37,11 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         assets=dg.load_assets_from_modules(_MODULES),
         asset_checks=dg.load_asset_checks_from_modules(_MODULES),
         jobs=[retraining_job, daily_cleaning_job, error_analysis_job, preference_training_job,
-              embedding_training_job, weekly_dataset_job, lifecycle.model_cleanup_job, lifecycle.rollback_job],
+              embedding_training_job, weekly_dataset_job, lifecycle.model_cleanup_job, lifecycle.rollback_job,
+              ab_testing.ab_test_job],
         schedules=[weekly_retraining_schedule, daily_cleaning_schedule, weekly_error_analysis_schedule,
                    weekly_dataset_schedule, lifecycle.model_cleanup_schedule],
-        sensors=[build_retraining_sensor(settings.retrain_min_new_feedback)],
+        sensors=[build_retraining_sensor(settings.retrain_min_new_feedback), ab_testing.build_ab_test_sensor()],
         resources=build_resources(settings),
     )
 

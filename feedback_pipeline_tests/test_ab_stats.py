@@ -32,10 +32,10 @@ def counts_frame(arm_counts: dict[str, tuple[int, int]], days: int = 1) -> pd.Da
     return outcomes(rows)
 
 
-def test_liked_column_accepts_the_usual_spellings():
-    got = liked_column(pd.Series(["up", "DOWN", None, True, False, 1, -1, np.nan, "meh"], dtype=object))
-    assert got.tolist()[:7] == [1.0, 0.0, pytest.approx(np.nan, nan_ok=True), 1.0, 0.0, 1.0, 0.0]
-    assert np.isnan(got.iloc[2]) and np.isnan(got.iloc[7]) and np.isnan(got.iloc[8])
+def test_liked_column_reads_the_stores_thumbs():
+    got = liked_column(pd.Series([1, -1, 0, None, 2], dtype="Int64"))
+    assert got.iloc[:2].tolist() == [1.0, 0.0] and got.iloc[2:].isna().all()  # neutral and NULL are not rated
+    assert liked_column(pd.Series(["up", "DOWN", None, "meh"])).iloc[:2].tolist() == [1.0, 0.0]
 
 
 def test_arm_table_counts_and_wilson_intervals():

@@ -77,7 +77,8 @@ def test_every_definition_loads():
                 "reward_model", "model_cleanup_report", *RELEASE_DECISIONS} <= keys
         assert candidate.resolve_job_def("retraining_job") is not None
         assert candidate.resolve_job_def("rollback_job") is not None
-        assert {s.name for s in repo.sensor_defs} == {"new_feedback_sensor"}
+        assert candidate.resolve_job_def("ab_test_job") is not None
+        assert {s.name for s in repo.sensor_defs} == {"new_feedback_sensor", "ab_test_sensor"}
         assert {s.name for s in repo.schedule_defs} == {"weekly_retraining_schedule", "daily_cleaning_schedule",
                                                             "weekly_error_analysis_schedule", "weekly_dataset_schedule",
                                                             "model_cleanup_schedule"}

@@ -51,10 +51,12 @@ class AbPolicy:
 # ------------------------------------------------------------------------------------------------ per arm
 
 def liked_column(thumbs: pd.Series) -> pd.Series:
-    """Thumbs as 1.0 (up) / 0.0 (down) / NaN (not rated); accepts booleans, +-1/0 and "up"/"down"."""
-    mapping = {"up": 1.0, "down": 0.0, "liked": 1.0, "disliked": 0.0, True: 1.0, False: 0.0, 1: 1.0, -1: 0.0, 0: 0.0}
-    return thumbs.map(lambda v: mapping.get(v.lower() if isinstance(v, str) else v, np.nan)
-                      if v is not None and v == v else np.nan).astype(float)
+    """The store's ``rating_thumb`` (1 up, -1 down, 0 neutral, NULL) as 1.0 / 0.0 / NaN; "up"/"down" work too.
+
+    A neutral thumb (e.g. 3 of 5 stars) is neither a like nor a dislike: not rated, as in the store's rated counts."""
+    mapping = {"up": 1.0, "down": 0.0, 1: 1.0, -1: 0.0}
+    return thumbs.map(lambda v: np.nan if pd.isna(v) else mapping.get(v.lower() if isinstance(v, str) else v, np.nan),
+                      na_action=None).astype(float)
 
 
 def arm_table(outcomes: pd.DataFrame, arms: list[str]) -> pd.DataFrame:
@@ -332,3 +334,42 @@ def evaluate(outcomes: pd.DataFrame, weights: dict[str, float], baseline_arm: st
     several = int((outcomes.groupby("unit")["arm"].nunique() > 1).sum()) if len(outcomes) else 0
     return AbResult(table, daily, comparisons, srm, power, segments, decide(comparisons, srm, policy, max_rated),
                     policy, max_rated, several)
+
+
+# ------------------------------------------------------------------------------------------------ plot
+
+def like_rate_plot(result: AbResult, title: str) -> bytes:
+    """PNG: cumulative like-rate per arm per day with Wilson 95% bands, and the always-valid p-value below it."""
+    import io
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8, 6), dpi=100, layout="constrained")  # Agg canvas, no pyplot: see analysis/plots.py
+    FigureCanvasAgg(fig)
+    rates, pvalues = fig.subplots(2, 1, sharex=True, height_ratios=[2, 1])
+    daily = result.daily
+    if daily.empty:
+        rates.text(0.5, 0.5, "no rated answers yet", ha="center", va="center", transform=rates.transAxes)
+    for arm, part in daily.groupby("arm", sort=False):
+        rated, liked = part["rated"].to_numpy(), part["liked"].to_numpy()
+        bands = np.array([wilson_interval(int(k), int(n)) for k, n in zip(liked, rated)])
+        line, = rates.plot(part["day"], np.where(rated > 0, liked / np.maximum(rated, 1), np.nan), marker="o",
+                           markersize=3, label=f"{arm} (n={int(rated[-1])})")
+        rates.fill_between(part["day"], bands[:, 0], bands[:, 1], color=line.get_color(), alpha=0.2, linewidth=0)
+    for c in result.comparisons:
+        if c.msprt_path:
+            days = daily[daily["arm"] == c.test_arm]["day"]
+            pvalues.plot(days, c.msprt_path, marker="o", markersize=3, label=f"{c.test_arm} vs {c.baseline_arm}")
+    pvalues.axhline(result.policy.alpha, color="0.4", linestyle="--", label=f"alpha {result.policy.alpha}")
+    pvalues.set_yscale("log")
+    pvalues.set_ylabel("always-valid p")
+    rates.set_ylabel("cumulative like rate (95% CI)")
+    rates.yaxis.set_major_formatter(lambda v, _: f"{100 * v:.1f}%")
+    rates.set_title(f"{title}: {result.decision.decision}")
+    for ax in (rates, pvalues):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="best")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
