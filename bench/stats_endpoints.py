@@ -6,7 +6,7 @@ For PostgreSQL (a fresh schema in FEEDBACK_TEST_POSTGRES_URL, dropped afterwards
 ``feedback`` in SQL (generate_series / a recursive CTE; the triggers build the summary as rows land), start the real
 uvicorn service, and time GET /v1/feedback/stats and /accuracy over HTTP (p50/p99), next to the same answers
 computed from ``feedback`` directly. Trigger cost: 100k rows written with and without migration 007, through the
-bulk importer's path (PostgreSQL: COPY to staging + one upsert per 50k chunk; SQLite: FeedbackStore.write),
+bulk importer's path (PostgreSQL: COPY to staging + one upsert per chunk; SQLite: FeedbackStore.write),
 then re-rated (upsert UPDATE) and deleted.
 """
 
@@ -27,6 +27,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from feedback_pipeline.ingestion.importers import CHUNK_ROWS  # noqa: E402
 from feedback_pipeline.ingestion.records import COLUMNS  # noqa: E402
 from feedback_pipeline.service.keys import create_key  # noqa: E402
 from feedback_pipeline.settings import REPO_ROOT  # noqa: E402
@@ -80,7 +81,7 @@ def _rows(n: int, seed: str, thumb: int = 1) -> list[dict]:
 
 
 def trigger_cost(url: str, with_summary: bool, n: int = 100_000) -> dict[str, float]:
-    """Seconds to insert n rows (2 chunks), re-rate them all (upsert UPDATE) and delete them."""
+    """Seconds to insert n rows (in CHUNK_ROWS chunks), re-rate them all (upsert UPDATE) and delete them."""
     folder = Path(tempfile.mkdtemp())
     for path in (REPO_ROOT / "sql").glob("*.sql"):
         if with_summary or not path.name.startswith("007_"):
@@ -91,9 +92,10 @@ def trigger_cost(url: str, with_summary: bool, n: int = 100_000) -> dict[str, fl
     for step, thumb in (("insert", 1), ("re-rate", -1)):
         rows = _rows(n, "t", thumb)
         start = time.perf_counter()
-        with chunk_writer(store) as write:
-            for i in range(0, n, 50_000):
-                write(rows[i:i + 50_000])
+        with chunk_writer(store) as writer:  # the bulk importer's writer, in its chunk size
+            for i in range(0, n, CHUNK_ROWS):
+                writer.submit(rows[i:i + CHUNK_ROWS])
+            writer.flush()
         out[step] = time.perf_counter() - start
     start = time.perf_counter()
     with store.engine.begin() as conn:
@@ -169,7 +171,7 @@ def main(args: argparse.Namespace) -> None:
                  "'from `feedback`' = the same answer computed by GROUP BY over the feedback table, in-process.\n",
                  f"## Trigger cost: 100,000 rows, seconds, median of {args.trials} alternating trials "
                  "(without migration 007 -> with it)\n",
-                 "| store | insert (2 x 50k chunks) | re-rate all (upsert UPDATE) | delete all |", "|---|---:|---:|---:|"]
+                 f"| store | insert ({CHUNK_ROWS:,}-row chunks) | re-rate all (upsert UPDATE) | delete all |", "|---|---:|---:|---:|"]
         for name, without, with_ in (("PostgreSQL (COPY + upsert)", pg[1], pg[2]),
                                      ("SQLite (FeedbackStore.write)", f"sqlite:///{tmp / 'a.db'}", f"sqlite:///{tmp / 'b.db'}")):
             trials = [(trigger_cost(without, False), trigger_cost(with_, True)) for _ in range(args.trials)]
