@@ -75,6 +75,14 @@ def test_sample_ratio_mismatch_blocks_the_decision(store, tmp_path):
     assert meta["msprt_pvalue"].value < 1e-6  # the outcome alone would have deployed
 
 
+def test_an_experiment_without_answers_reports_continue(store, tmp_path):
+    create_experiment(store, "exp-new", [{"name": "A", "model": "m", "alias": "champion", "weight": 0.5},
+                                         {"name": "B", "model": "m", "version": "2", "weight": 0.5}], started_at=T0)
+    meta = _materialize(store, "exp-new", tmp_path)
+    assert meta["decision"].value == "continue" and not meta["srm_flagged"].value
+    assert (tmp_path / "reports" / "ab_tests" / "exp-new.png").is_file()
+
+
 def _tick(sensor, store, registry_uri, tmp_path, instance, cursor=None):
     resources = {"feedback_store": FeedbackStoreResource(db_url=store.url),
                  "mlflow_tracking": MlflowResource(tracking_uri=registry_uri, artifact_root=str(tmp_path / "art"))}

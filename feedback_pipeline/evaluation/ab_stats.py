@@ -369,7 +369,8 @@ def like_rate_plot(result: AbResult, title: str) -> bytes:
     rates.set_title(f"{title}: {result.decision.decision}")
     for ax in (rates, pvalues):
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="best")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8, loc="best")
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     return buffer.getvalue()
