@@ -116,7 +116,8 @@ def main(args) -> str:
     lines += ["## A/A: 0.80 vs 0.80, read every day", "", "| test | false-positive rate |", "|---|---|",
               f"| mSPRT always-valid p < 0.05 at any daily look (30 days, ignoring the max-sample stop) | "
               f"{rate(msprt_any.sum(), n)} |",
-              f"| mSPRT with the full decision rule: deploy, or keep because significantly worse (keep at the max sample is right here) | "
+              "| mSPRT with the full decision rule: deploy, or keep because significantly worse "
+              f"(keep at the max sample is right here) | "
               f"{rate(by_significance.sum(), n)} |",
               f"| fixed-horizon z-test, p < 0.05 at any daily look | {rate(z_daily.sum(), n)} |",
               f"| fixed-horizon z-test, read once on day {args.days} | {rate(z_end.sum(), n)} |", "",
@@ -159,7 +160,8 @@ def main(args) -> str:
 
     # Sensitivity to the mixing variance
     lines += ["## Mixing variance tau^2 (same simulated data)", "",
-              "| tau | A/A false positives (decision rule) | power (deploy at 0.83) | median users to deploy |", "|---|---|---|---|"]
+              "| tau | A/A false positives (decision rule) | power (deploy at 0.83) | median users to deploy |",
+              "|---|---|---|---|"]
     for tau in (0.01, 0.03, 0.1):
         variant = AbPolicy(mixing_variance=tau ** 2)
         false_positive = decisions(*aa, variant, max_rated)[3]

@@ -37,7 +37,8 @@ _POLICY = {f.name: f.default for f in fields(AbPolicy)}
 class AbTestConfig(dg.Config):
     """The A/B policy (defaults from ``AbPolicy``, which the sensor uses too)."""
 
-    alpha: float = Field(_POLICY["alpha"], description="Level of the mSPRT always-valid p-value (split over test arms).")
+    alpha: float = Field(_POLICY["alpha"], description="Level of the mSPRT always-valid p-value (split over test "
+                                                       "arms).")
     mde: float = Field(_POLICY["mde"], description="Minimum detectable effect (absolute like-rate) for power figures.")
     power: float = Field(_POLICY["power"], description="Target power of the fixed-horizon sample size.")
     mixing_variance: float | None = Field(_POLICY["mixing_variance"], description="mSPRT mixing variance tau^2; "
