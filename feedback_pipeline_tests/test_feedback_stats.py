@@ -32,10 +32,23 @@ def _rows(n: int, prefix: str = "a", start: datetime = T0) -> list[dict]:
         created_at=(start + timedelta(hours=7 * i)).isoformat()), "t") for i in range(n)]
 
 
+def _summary_only(store: FeedbackStore) -> dict:
+    """The compacted summary table alone (no deltas), keyed like summary_table."""
+    with store.engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT * FROM feedback_daily_stats")).all()
+    return {(daily_stats._day(r[0]), *r[1:6]): daily_stats.Counts(*map(int, r[6:])) for r in rows}
+
+
 def _assert_consistent(store: FeedbackStore) -> dict:
     kept = daily_stats.summary_table(store.engine)
     assert kept == daily_stats.summary_table(store.engine, from_feedback=True)
     assert all(c.total > 0 for c in kept.values())  # emptied keys are dropped
+    # After compaction the summary alone holds the answer and no delta is left (PostgreSQL appends deltas).
+    moved = daily_stats.compact(store.engine)
+    assert moved >= 0 and (store.dialect == "postgresql" or moved == 0)
+    with store.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM feedback_daily_stats_delta")).scalar_one() == 0
+    assert _summary_only(store) == kept == daily_stats.summary_table(store.engine)
     return kept
 
 

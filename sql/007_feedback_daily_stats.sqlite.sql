@@ -1,7 +1,9 @@
 -- Daily feedback counts, version 7 (SQLite; PostgreSQL has its own file). The stats endpoints read this small
 -- table instead of scanning `feedback`. Row-level triggers keep it right for every writer (SQLite has no
 -- statement-level triggers). NULL dimensions are stored as '' so the primary key can cover them; `day` is the
--- UTC date of created_at (stored as naive UTC text), as 'YYYY-MM-DD'.
+-- UTC date of created_at (stored as naive UTC text), as 'YYYY-MM-DD'. SQLite has one writer at a time, so the
+-- triggers update the summary directly; the delta table and the view only mirror the PostgreSQL layout that the
+-- readers query (the delta stays empty here).
 
 CREATE TABLE feedback_daily_stats (
     day            TEXT NOT NULL,
@@ -17,6 +19,15 @@ CREATE TABLE feedback_daily_stats (
     neutral        INTEGER NOT NULL,
     PRIMARY KEY (day, model_name, model_version, intent, project, subject)
 ) WITHOUT ROWID;
+--> statement-breakpoint
+CREATE TABLE feedback_daily_stats_delta (
+    day TEXT NOT NULL, model_name TEXT NOT NULL, model_version TEXT NOT NULL, intent TEXT NOT NULL,
+    project TEXT NOT NULL, subject TEXT NOT NULL, total INTEGER NOT NULL, rated INTEGER NOT NULL,
+    likes INTEGER NOT NULL, dislikes INTEGER NOT NULL, neutral INTEGER NOT NULL
+);
+--> statement-breakpoint
+CREATE VIEW feedback_daily_stats_current AS
+    SELECT * FROM feedback_daily_stats UNION ALL SELECT * FROM feedback_daily_stats_delta;
 --> statement-breakpoint
 CREATE TRIGGER feedback_daily_stats_insert AFTER INSERT ON feedback BEGIN
     INSERT INTO feedback_daily_stats VALUES (

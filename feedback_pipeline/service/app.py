@@ -6,6 +6,7 @@ Nothing touches the database at import time. Errors all have the shape ``{"error
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from contextlib import asynccontextmanager
 
@@ -27,6 +28,7 @@ from feedback_pipeline.service.routers import stats
 from feedback_pipeline.service.routers import widget
 from feedback_pipeline.service.routers import improvement, jobs
 from feedback_pipeline.settings import Settings, load_settings
+from feedback_pipeline.store import daily_stats
 from feedback_pipeline.store.repository import FeedbackStore
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,20 @@ def _migrate(app: FastAPI) -> None:
         app.state.migrated = True
 
 
+COMPACT_EVERY_S = 5.0
+
+
+async def _compact_stats_forever(app: FastAPI) -> None:
+    """Fold the stats triggers' deltas into the daily summary every few seconds (PostgreSQL; a no-op on SQLite)."""
+    while True:
+        await asyncio.sleep(COMPACT_EVERY_S)
+        try:
+            if app.state.migrated:
+                await run_in_threadpool(daily_stats.compact, app.state.store.engine)
+        except Exception as exc:  # the database may be down: readers stay exact, the next round catches up
+            log.warning("stats compaction failed: %s", exc)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings()
 
@@ -53,7 +69,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await run_in_threadpool(_migrate, app)
         except Exception as exc:  # the service still starts: /readyz says 503 and retries the migration
             log.warning("database not ready at startup: %s", exc)
+        compactor = asyncio.create_task(_compact_stats_forever(app))
         yield
+        compactor.cancel()
         app.state.store.dispose()
 
     app = FastAPI(title="feedback capture", version="1", lifespan=lifespan)

@@ -32,8 +32,9 @@ DEFAULT_WINDOW = 30
 MAX_DAYS = 3660
 MAX_FILTER_CHARS = 1000
 
+# Summary plus not yet compacted deltas (a view, sql/007_*): always summed, so both together are exact.
 DAILY = sa.Table(
-    "feedback_daily_stats", sa.MetaData(),
+    "feedback_daily_stats_current", sa.MetaData(),
     sa.Column("day", sa.Date, primary_key=True),
     *(sa.Column(name, sa.Text, primary_key=True) for name in DIMENSIONS),
     *(sa.Column(name, sa.BigInteger) for name in COUNTS),
@@ -128,7 +129,19 @@ def _aggregate(conn: sa.Connection, query: StatsQuery, keys: tuple[str, ...], fr
                 .where(FEEDBACK.c.created_at >= _to_db_time(since, conn.dialect.name),
                        FEEDBACK.c.created_at < _to_db_time(until, conn.dialect.name),
                        *(FEEDBACK.c[k] == v for k, v in query.filters.items())))
-    return list(conn.execute(stmt.group_by(*columns).order_by(*columns)))
+    stmt = stmt.group_by(*columns)
+    if not from_feedback:  # a key whose rows all left sums to 0 until compaction drops it
+        stmt = stmt.having(sa.func.sum(DAILY.c.total) != 0)
+    return list(conn.execute(stmt.order_by(*columns)))
+
+
+def compact(engine: sa.Engine) -> int:
+    """Fold PostgreSQL's appended deltas into the summary (readers are exact either way; this keeps them fast).
+    Returns the delta rows moved; 0 on SQLite, whose triggers update the summary directly."""
+    if engine.dialect.name != "postgresql":
+        return 0
+    with engine.begin() as conn:
+        return int(conn.execute(sa.text("SELECT feedback_daily_stats_compact()")).scalar_one())
 
 
 def _day(value) -> date:
