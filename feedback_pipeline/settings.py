@@ -43,6 +43,12 @@ class Settings:
     read_timeout_s: float
     dagster_url: str
     api_workers: int  # uvicorn worker processes (each keeps its own rate-limit buckets and key cache)
+    # Chat serving (feedback_pipeline/serving): off by default, so the capture-only service never loads a model.
+    # Task routes: "task=NAME@ALIAS,..." (e.g. "vision=feedback-vision@champion"); max_tokens caps each answer.
+    serving_enabled: bool
+    serving_poll_s: float  # seconds between checks of the MLflow aliases (hot swap) and of running experiments
+    serving_task_routes: tuple[tuple[str, str], ...]
+    serving_max_tokens: int
 
     @cached_property
     def models_dir(self) -> Path:
@@ -81,9 +87,14 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         judge_model=env.get("JUDGE_MODEL", ""),
         judge_api_key=env.get("JUDGE_API_KEY", ""),
         cors_origins=tuple(o.strip().rstrip("/") for o in env.get("FEEDBACK_CORS_ORIGINS", "").split(",") if o.strip()),
-        rate_limit_per_minute=int(env.get("FEEDBACK_RATE_LIMIT_PER_MINUTE", "6000")),
+        rate_limit_per_minute=int(env.get("FEEDBACK_RATE_LIMIT_PER_MINUTE", "60000")),
         max_connections=int(env.get("FEEDBACK_MAX_CONNECTIONS", "512")),
         read_timeout_s=float(env.get("FEEDBACK_READ_TIMEOUT_S", "10")),
         dagster_url=env.get("DAGSTER_WEBSERVER_URL", "http://127.0.0.1:3000"),
         api_workers=int(env.get("FEEDBACK_API_WORKERS", "1")),
+        serving_enabled=env.get("SERVING_ENABLED", "0").strip().lower() in ("1", "true", "yes", "on"),
+        serving_poll_s=float(env.get("SERVING_POLL_S", "10")),
+        serving_task_routes=tuple((task.strip(), ref.strip()) for task, _, ref in (
+            item.partition("=") for item in env.get("SERVING_TASK_ROUTES", "").split(",") if item.strip())),
+        serving_max_tokens=int(env.get("SERVING_MAX_TOKENS", "256")),
     )
