@@ -27,6 +27,7 @@ from feedback_pipeline.service.routers import feedback, users
 from feedback_pipeline.service.routers import stats
 from feedback_pipeline.service.routers import widget
 from feedback_pipeline.service.routers import improvement, jobs
+from feedback_pipeline.service.routers import chat
 from feedback_pipeline.settings import Settings, load_settings
 from feedback_pipeline.store import daily_stats
 from feedback_pipeline.store.repository import FeedbackStore
@@ -70,8 +71,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         except Exception as exc:  # the service still starts: /readyz says 503 and retries the migration
             log.warning("database not ready at startup: %s", exc)
         compactor = asyncio.create_task(_compact_stats_forever(app))
+        if settings.serving_enabled:  # only then are models loaded: the capture-only service stays light
+            from feedback_pipeline.serving.runtime import Serving
+
+            app.state.serving = await run_in_threadpool(Serving.from_settings, settings, app.state.store)
+            app.state.serving.start()
         yield
         compactor.cancel()
+        if settings.serving_enabled:
+            app.state.serving.stop()
         app.state.store.dispose()
 
     app = FastAPI(title="feedback capture", version="1", lifespan=lifespan)
@@ -83,6 +91,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(users.router)
     app.include_router(widget.router)
+    if settings.serving_enabled:
+        app.include_router(chat.router)
     # Browser pages on these origins (FEEDBACK_CORS_ORIGINS) may call the API; any other origin gets no CORS headers.
     app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
                        allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],

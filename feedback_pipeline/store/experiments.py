@@ -229,3 +229,11 @@ def attribute(conn: sa.Connection, rows: list[dict]) -> set[str]:
             else:
                 unknown.add(row["id"])
     return unknown
+
+
+def finish_response(store: FeedbackStore, response_id: str, latency_ms: float, prompt_tokens: int,
+                    completion_tokens: int) -> None:
+    """Usage of a streamed answer, known only once its last token is out (its row was written before the first)."""
+    with store.engine.begin() as conn:
+        conn.execute(sa.update(CHAT_RESPONSES).where(CHAT_RESPONSES.c.response_id == response_id).values(
+            latency_ms=latency_ms, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens))
