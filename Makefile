@@ -42,8 +42,10 @@ run: install $(DAGSTER_HOME)/dagster.yaml
 ui: install $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/dagster dev -m feedback_pipeline.definitions --host 127.0.0.1 --port 3000
 
+# The capture service (and the chat endpoints with SERVING_ENABLED=1): http://127.0.0.1:8000/docs
 serve: install
-	$(BIN)/feedback-pipeline serve --host 127.0.0.1 --port 8080
+	$(BIN)/feedback-pipeline migrate
+	$(BIN)/feedback-pipeline serve --host 127.0.0.1 --port 8000
 
 # docker-compose (Debian's 1.29) validates the compose file in test_deployment without a Docker engine;
 # Debian's chromium + chromedriver run the widget's browser tests (test_widget).

@@ -1,4 +1,4 @@
-"""Command line: ``feedback-pipeline migrate | import | prepare-models | serve | serve-api | keys | erase-user | summary |
+"""Command line: ``feedback-pipeline migrate | import | prepare-models | serve | keys | erase-user | summary |
 models``."""
 
 from __future__ import annotations
@@ -56,20 +56,6 @@ def cmd_prepare_models(settings, args) -> int:
 
     path = prepare_base_chat_model(settings.models_dir / "smollm2-135m-instruct", settings.chat_base_model)
     print(f"base chat model: {path}")
-    return 0
-
-
-def cmd_serve(settings, args) -> int:
-    from feedback_pipeline.ingestion.http_api import make_server
-
-    server = make_server(_store(settings), args.host, args.port)
-    print(f"feedback API on http://{args.host}:{server.server_port}/feedback", flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
     return 0
 
 
@@ -328,14 +314,11 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--strict", action="store_true", help="exit 1 when any row was rejected")
     imp.set_defaults(func=cmd_import)
     sub.add_parser("prepare-models", help="convert the bundled base chat model once").set_defaults(func=cmd_prepare_models)
-    srv = sub.add_parser("serve", help="run the HTTP feedback endpoint")
-    srv.add_argument("--host", default="127.0.0.1")
-    srv.add_argument("--port", type=int, default=8080)
-    srv.set_defaults(func=cmd_serve)
-    api = sub.add_parser("serve-api", help="run the FastAPI capture service (/v1/feedback) with uvicorn")
-    api.add_argument("--host", default="127.0.0.1")
-    api.add_argument("--port", type=int, default=8000)
-    api.set_defaults(func=cmd_serve_api)
+    for name in ("serve", "serve-api"):  # serve-api: the name of the first release of this service
+        api = sub.add_parser(name, help="run the capture service (FastAPI + uvicorn: /v1, docs at /docs)")
+        api.add_argument("--host", default="127.0.0.1")
+        api.add_argument("--port", type=int, default=8000)
+        api.set_defaults(func=cmd_serve_api)
     keys = sub.add_parser("keys", help="API keys of the capture service: create, list, revoke")
     ksub = keys.add_subparsers(dest="keys_command", required=True)
     cmd = ksub.add_parser("create", help="new key; prints its secret once")

@@ -1,13 +1,10 @@
-"""Importers on the real public feedback sets, our JSONL/CSV format, and the HTTP endpoint."""
+"""Importers on the real public feedback sets and our JSONL/CSV format (the HTTP capture service has its own
+tests: test_service*.py)."""
 
 import json
-import threading
-import urllib.error
-import urllib.request
 
 import pytest
 
-from feedback_pipeline.ingestion.http_api import make_server
 from feedback_pipeline.ingestion.importers import import_records, read_csv, read_feedbackqa, read_jsonl, read_oasst1
 from feedback_pipeline_tests.conftest import OASST1, SHARED_DATA, feedback
 
@@ -60,42 +57,3 @@ def test_jsonl_and_csv_report_bad_lines_by_number(tmp_path, store):
     assert report.summary()["inserted"] == 1 and report.rejected[0]["field"] == "response"
     row = store.read_frame().query("subject == 'billing'").iloc[0]
     assert row["rating_thumb"] == -1 and row["history"] == [{"role": "user", "content": "x"}]
-
-
-@pytest.fixture
-def api(store):
-    server = make_server(store, "127.0.0.1", 0)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}", store
-    server.shutdown()
-    server.server_close()
-
-
-def _post(url, payload, raw=None):
-    data = raw if raw is not None else json.dumps(payload).encode()
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"}, method="POST")
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
-
-
-def test_http_created_means_committed(api):
-    base, store = api
-    status, body = _post(f"{base}/feedback", [feedback(), feedback(query="second", stars=2, rating=None)])
-    assert status == 201 and body["inserted"] == 2
-    assert set(store.read_frame()["id"]) == set(body["ids"])
-    with urllib.request.urlopen(f"{base}/health", timeout=10) as response:
-        assert json.loads(response.read())["rows"] == 2
-
-
-def test_http_rejects_whole_request_naming_fields(api):
-    base, store = api
-    status, body = _post(f"{base}/feedback", [feedback(query="fine"), feedback(rating=7), feedback(response="")])
-    assert status == 422
-    assert [(e["index"], e["field"]) for e in body["errors"]] == [(1, "rating"), (2, "response")]
-    assert store.count() == 0  # all or nothing
-    status, body = _post(f"{base}/feedback", None, raw=b"{oops")
-    assert status == 400 and "not valid JSON" in body["error"]
