@@ -71,9 +71,10 @@ def test_phone_shapes(value):
     assert found(f"reach us at {value}, thanks") == [("phone", value)]
 
 
-def test_phone_extension_is_not_part_of_the_number():
-    assert found("call 415-555-2671x204") == [("phone", "415-555-2671")]
-    assert found("call +1 (212) 555-0147 ext. 22") == [("phone", "+1 (212) 555-0147")]
+def test_phone_extension_is_part_of_the_number():  # changed in issue 11: no fragment of a number may stay
+    assert found("call 415-555-2671x204") == [("phone", "415-555-2671x204")]
+    assert found("call +1 (212) 555-0147 ext. 22") == [("phone", "+1 (212) 555-0147 ext. 22")]
+    assert redact("call +1-841-258-6834x4978 now").text == "call [PHONE] now"
 
 
 @pytest.mark.parametrize("text", [

@@ -1,0 +1,189 @@
+"""Number-shaped identifiers found by maintained libraries: phones (libphonenumber), cards, IBANs and national ids
+(python-stdnum checksums).
+
+Each finder yields ``(kind, start, end)`` spans; ``pii.find_identifiers`` resolves overlaps between kinds.
+
+- Phones: ``phonenumbers.PhoneNumberMatcher`` with leniency POSSIBLE over ``PHONE_REGIONS`` (national formats of
+  each region, and every international format). A match keeps its extension ("x4587", "ext. 22", "#12") in the
+  span. Dropped: fewer than 7 digits, dates, decimals, ISBNs, and numbers right after an order/tracking/version
+  cue. ``is_public_phone`` says whether a number is a public contact point (toll-free, shared-cost, premium,
+  universal access), which a response may keep.
+- Cards: 12-19 digits (bare or grouped by spaces or dashes) passing ``stdnum.luhn`` with a known issuer prefix
+  length (``stdnum.luhn`` alone would take one random number in ten).
+- IBANs: ``stdnum.iban`` (country length and mod-97), written compact or in groups of four.
+- National ids (kind ``ssn``): US SSN written NNN-NN-NNNN (``stdnum.us.ssn``); Finnish, Italian, Spanish,
+  Swedish, Danish and Czech ids by their distinctive shapes and checksums; French NIR, Polish PESEL and Dutch BSN
+  (all digits) by checksum; and any 6-20 character code right after an id cue ("SSN", "PESEL", "tax id" ...).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Iterator
+
+import phonenumbers
+from phonenumbers import Leniency, PhoneNumberMatcher, PhoneNumberType
+from stdnum import iban as std_iban
+from stdnum import luhn
+from stdnum.cz import rc as cz_rc
+from stdnum.dk import cpr as dk_cpr
+from stdnum.es import dni as es_dni
+from stdnum.es import nie as es_nie
+from stdnum.fi import hetu as fi_hetu
+from stdnum.fr import nir as fr_nir
+from stdnum.it import codicefiscale as it_cf
+from stdnum.nl import bsn as nl_bsn
+from stdnum.pl import pesel as pl_pesel
+from stdnum.se import personnummer as se_pnr
+from stdnum.us import itin as us_itin
+from stdnum.us import ssn as us_ssn
+
+Span = tuple[str, int, int]
+
+PHONE_REGIONS = ("US", "GB", "DE", "FR", "PL", "FI", "HU", "ES", "IT", "NL", "CZ", "SE", "PT", "AT", "CH", "BE",
+                 "DK", "NO", "IE", "RO", "SK", "GR", "CA", "AU", "IN", "BR", "MX")
+PUBLIC_TYPES = {PhoneNumberType.TOLL_FREE, PhoneNumberType.SHARED_COST, PhoneNumberType.PREMIUM_RATE,
+                PhoneNumberType.UAN}
+_TOLL_FREE_PREFIX = re.compile(r"^(?:\+?1[ .\-]?)?\(?(?:800|888|877|866|855|844|833)\)?[ .\-]|^0?[ ]?80[0-9][ \-/]|"
+                               r"^06[ \-]?80[ \-/]|^020[ \-]|^0800|^0808|^900[ ]|^803[ ]")
+# Words after which digits are an order, tracking, version or reference number, not a phone or a card.
+_OTHER_CUE = re.compile(
+    r"(?i)\b(?:order|orders|tracking|track|invoice|inv|account|acct|ref|reference|ticket|case|sku|serial|"
+    r"isbn|po|transaction|txn|confirmation|booking|parcel|shipment|awb|customer|member|policy|claim|version|"
+    r"ver|build|release|model|part|zip|postcode|pin|otp|code|room|flight|page|port|firmware|rev|v|no|nr)"
+    r"\s*[:#.]?\s*(?:number|no\.?|nr\.?)?\s*[:#]?\s*$")
+# A short local number ("555-0134") counts only after one of these.
+_PHONE_CUE = re.compile(
+    r"(?i)\b(?:phone|ph|tel|telephone|mobile|mob|cell|cellphone|landline|call|called|calling|ring|dial|text|sms|"
+    r"whatsapp|signal|viber|telegram|fax|hotline|helpline|number|reach me|contact me|line)\b")
+_EXTENSION = re.compile(r"(?i)\s*(?:ext\.?|extension|x|#)\s*\d{1,6}\b")
+_DATE_LIKE = re.compile(r"\d{1,4}([./\-])\d{1,2}\1\d{2,4}")
+_DECIMAL = re.compile(r"\d{1,3}(?:[,.]\d{3})*[.,]\d{1,2}")
+
+
+def _digits(value: str) -> str:
+    return re.sub(r"\D", "", value)
+
+
+def _after_other_cue(text: str, start: int) -> bool:
+    return bool(_OTHER_CUE.search(text[max(0, start - 30):start]))
+
+
+# --- phones --------------------------------------------------------------------------------------------------
+
+def find_phones(text: str) -> Iterator[Span]:
+    seen: set[tuple[int, int]] = set()
+    for region in PHONE_REGIONS:
+        for match in PhoneNumberMatcher(text, region, leniency=Leniency.POSSIBLE):
+            start, end = match.start, match.end
+            # a leading "(" of "(+358) 835..." or "(0)": phonenumbers starts after it
+            if start > 0 and text[start - 1] == "(" and ")" in text[start:end]:
+                start -= 1
+            ext = _EXTENSION.match(text, end)
+            if ext and not match.number.extension:
+                end = ext.end()
+            if (start, end) in seen:
+                continue
+            seen.add((start, end))
+            if not _code_like(text, start, end):
+                yield "phone", start, end
+
+
+def _code_like(text: str, start: int, end: int) -> bool:
+    """Digits that belong to a code, a date, an amount or a long bare number rather than to a phone."""
+    value, digits = text[start:end], _digits(text[start:end])
+    glued = (start > 0 and (text[start - 1].isalnum() or text[start - 1] in "#-/" and start > 1
+                            and text[start - 2].isalnum())) or (end < len(text) and text[end].isalnum())
+    bare_long = value.isdigit() and len(digits) > 12
+    groups = re.split(r"[ .\-/]+", value)
+    in_run = bool(re.match(r"\d[ .\-]$", text[max(0, start - 2):start]) or re.match(r"[ .\-]\d", text[end:end + 2]))
+    odd = re.fullmatch(r"\d+\.\d+", value) or "x" in value[:2].lower() \
+        or (len(groups) >= 6 and all(len(g) == 2 for g in groups) and "+" not in value)
+    too_short = len(digits) < (6 if _TOLL_FREE_PREFIX.search(value) else 7) \
+        or (len(digits) < 8 and "+" not in value and not _PHONE_CUE.search(text[max(0, start - 40):start]))
+    return glued or bare_long or too_short or in_run or bool(odd) or bool(_DATE_LIKE.fullmatch(value) or _DECIMAL.fullmatch(value)) \
+        or value.count("-") == 4 or text[max(0, start - 1):start] == "#" or _after_other_cue(text, start)
+
+
+def is_public_phone(value: str, region: str = "US") -> bool:
+    """Toll-free, shared-cost, premium or universal-access numbers: an organisation's, not a person's."""
+    if _TOLL_FREE_PREFIX.search(value.strip()):
+        return True
+    for guess in dict.fromkeys((region, *PHONE_REGIONS[:12])):
+        try:
+            number = phonenumbers.parse(value, guess)
+        except phonenumbers.NumberParseException:
+            continue
+        if phonenumbers.number_type(number) in PUBLIC_TYPES:
+            return True
+    return False
+
+
+# --- cards ---------------------------------------------------------------------------------------------------
+
+_CARD = re.compile(r"(?<![\w.,\-])(?:\d[ \-]?){11,18}\d(?![\w]|[.,]\d|[ \-]\d)")
+# Issuer prefixes and their lengths (ISO/IEC 7812 ranges of the major brands).
+_ISSUERS = (
+    (re.compile(r"^4"), (13, 16, 19)), (re.compile(r"^(?:5[1-5]|2[2-7])"), (16,)), (re.compile(r"^3[47]"), (15,)),
+    (re.compile(r"^3(?:0[0-5]|[689])"), (14, 16, 19)), (re.compile(r"^6(?:011|4[4-9]|5)"), (16, 19)),
+    (re.compile(r"^35"), (16, 19)), (re.compile(r"^(?:2131|1800)"), (15,)), (re.compile(r"^62"), (16, 17, 18, 19)),
+    (re.compile(r"^(?:50|5[6-8]|6)"), tuple(range(12, 20))),  # Maestro
+    (re.compile(r"^1"), (15,)),  # UATP
+)
+
+
+def card_ok(digits: str) -> bool:
+    return luhn.is_valid(digits) and any(p.match(digits) and len(digits) in lengths for p, lengths in _ISSUERS)
+
+
+def find_cards(text: str) -> Iterator[Span]:
+    for m in _CARD.finditer(text):
+        if card_ok(_digits(m.group())) and not _after_other_cue(text, m.start()):
+            yield "credit_card", m.start(), m.end()
+
+
+# --- IBAN ----------------------------------------------------------------------------------------------------
+
+_IBAN = re.compile(r"(?<![\w])[A-Z]{2}\d{2}(?:[ ]?[A-Z0-9]{4}){2,7}(?:[ ]?[A-Z0-9]{1,4})?(?![\w])")
+
+
+def find_ibans(text: str) -> Iterator[Span]:
+    for m in _IBAN.finditer(text.upper()):  # upper() keeps every offset
+        # a greedy match may swallow a following word: try the longest valid prefix that ends a group
+        for end in range(m.end(), m.start() + 14, -1):
+            if (end == m.end() or text[end] == " ") and std_iban.is_valid(text[m.start():end], check_country=False):
+                yield "iban", m.start(), end
+                break
+
+
+# --- national ids --------------------------------------------------------------------------------------------
+
+_ID_CUE = re.compile(
+    r"(?i)\b(?:ssn|social security(?: number| no\.?)?|national id(?:entity)?(?: number)?|id number|tax id|tin|"
+    r"pesel|nir|bsn|dni|nie|nif|hetu|henkilötunnus|personnummer|cpr|codice fiscale|rodné číslo|"
+    r"taj(?:[ \-]szám)?|személyi azonosító|sozialversicherungsnummer|steuer-?id|insee)\s*(?:is|:|#|no\.?)?\s*$")
+# a code holding a digit; its groups join by "-", "/", "." or by a space before a digit ("12 345 678 A" stops)
+_ID_TOKEN = re.compile(r"(?<![\w])(?=[A-Za-z]*\d)[A-Za-z0-9]+(?:[\-/.][A-Za-z0-9]+|[ ](?=\d)[A-Za-z0-9]+)*")
+_SHAPES = (
+    (re.compile(r"(?<![\w\-])\d{3}-\d{2}-\d{4}(?![\w\-])"), lambda v: us_ssn.is_valid(v) or us_itin.is_valid(v)),
+    (re.compile(r"(?<![\w])[A-Z]{2} ?\d{2} ?\d{2} ?\d{2} ?[A-D](?![\w])"), lambda v: True),  # UK NINO
+    (re.compile(r"(?<![\w\-])\d{6}[+\-A]\d{3}[0-9A-Y](?![\w\-])"), fi_hetu.is_valid),
+    (re.compile(r"(?<![\w])[A-Z]{6}\d{2}[A-Z]\d{2}[A-Z]\d{3}[A-Z](?![\w])"), it_cf.is_valid),
+    (re.compile(r"(?<![\w\-])\d{8}-?[A-Z](?![\w])"), es_dni.is_valid),
+    (re.compile(r"(?<![\w\-])[XYZ]-?\d{7}-?[A-Z](?![\w])"), es_nie.is_valid),
+    (re.compile(r"(?<![\w\-])(?:\d{2})?\d{6}[\-+]\d{4}(?![\w\-])"), lambda v: se_pnr.is_valid(v) or dk_cpr.is_valid(v)),
+    (re.compile(r"(?<![\w\-])\d{6}/\d{3,4}(?![\w\-])"), cz_rc.is_valid),
+    (re.compile(r"(?<![\w\-])[12] ?\d{2} ?\d{2} ?\d{2} ?\d{3} ?\d{3} ?\d{2}(?![\w\-])"), fr_nir.is_valid),
+    (re.compile(r"(?<![\w\-.,])\d{11}(?![\w\-]|[.,]\d)"), pl_pesel.is_valid),
+    (re.compile(r"(?<![\w\-.,])\d{9}(?![\w\-]|[.,]\d)"), nl_bsn.is_valid),
+)
+
+
+def find_national_ids(text: str) -> Iterator[Span]:
+    for pattern, valid in _SHAPES:
+        for m in pattern.finditer(text):
+            if valid(m.group()) and not _after_other_cue(text, m.start()):
+                yield "ssn", m.start(), m.end()
+    for m in _ID_TOKEN.finditer(text):
+        if 6 <= sum(ch.isalnum() for ch in m.group()) <= 20 and _ID_CUE.search(text[max(0, m.start() - 40):m.start()]):
+            yield "ssn", m.start(), m.end()
