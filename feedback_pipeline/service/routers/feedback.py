@@ -78,7 +78,7 @@ def _idempotent_id(key: ApiKey, idempotency_key: str | None, index: int | None =
 def _new_row(record: Any, key: ApiKey, fallback_id: str) -> dict:
     if isinstance(record, dict) and not _present(record.get("id")):
         record = {**record, "id": fallback_id}
-    row = validate_record(record, source=SOURCE)
+    row = validate_record(record, source=SOURCE, checked=True)  # parse_json checked it
     row["metadata"] = {**row["metadata"], WRITER_KEY: key.id}
     return row
 
