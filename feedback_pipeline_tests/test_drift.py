@@ -87,3 +87,18 @@ def test_empty_frame_and_markdown():
     assert "| billing | 80.0% | 50.0% | 30.0 |" in md and "- coding: no drop" in md
     quiet = drops_markdown(t[t["segment"] == "coding"])
     assert "No segment's like rate dropped significantly." in quiet
+
+
+def test_no_baseline_period_is_said_once_not_as_too_little_data():
+    # A first import: everything in the latest week, thousands of ratings, nothing before it.
+    t = detect_drops(pd.DataFrame(weeks("billing", [2000], 3000) + weeks("coding", [2900], 2982)), "intent")
+    assert set(t["reason"]) == {"no baseline period yet"} and not t["alarm"].any()
+    md = drops_markdown(t)
+    assert md.count("No baseline period yet") == 1 and "too little data" not in md
+    assert "all 5982 rated answers fall in the latest period (from 2024-04-01)" in md
+    # A segment new this week beside ones with history: named once, apart from the judged ones.
+    mixed = detect_drops(pd.DataFrame(weeks("billing", [48, 48, 48, 48, 47], 60)
+                                      + weeks("fresh", [30], 40, start_week=4)), "intent")
+    md = drops_markdown(mixed)
+    assert "- billing: drop" in md and "No baseline period yet (new since 2024-04-29): fresh" in md
+    assert mixed.set_index("segment").loc["fresh", "reason"] == "no baseline period yet"

@@ -188,3 +188,17 @@ def test_rows_without_similarity_count_on_neither_side():
     row = error_type_summary(df, flags).set_index("type").loc["ignores_question"]
     assert (row["n_flagged"], row["n_disliked_flagged"], row["n_unflagged"]) == (1, 1, 4)
     assert row["dislike_rate_unflagged"] == pytest.approx(3 / 4)
+
+
+def test_sampled_similarity_covers_the_embedding_sample_only():
+    from feedback_pipeline.analysis.error_types import sampled_similarity
+
+    df = pd.DataFrame({"id": [f"r{i}" for i in range(6)], "query": ["a b"] * 6, "response": ["a b", "c d"] * 3,
+                       "label": ["liked", "disliked"] * 3})
+    embed = lambda texts: np.array([[1.0, 0.0] if t == "a b" else [0.0, 1.0] for t in texts])  # noqa: E731
+    full = sampled_similarity(df, embed)
+    assert full.tolist() == [1.0, 0.0] * 3
+    part = sampled_similarity(df, embed, max_embedded=4)
+    assert part.notna().sum() == 4 and part.index.equals(df.index)
+    flags = classify_errors(df, similarity=part.to_numpy())
+    assert flags["ignores_question"].isna().sum() == 2

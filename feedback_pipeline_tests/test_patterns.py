@@ -10,7 +10,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the model ships in a package; ne
 from feedback_pipeline.analysis.embeddings import EmbeddingCache, encode_cached, model_identifier
 from feedback_pipeline.analysis.error_analysis import analyse_errors
 from feedback_pipeline.analysis.patterns import (
-    cluster_terms, cluster_texts, embedding_sample, error_patterns, patterns_markdown,
+    cluster_terms, cluster_texts, embedding_sample, error_patterns, patterns_markdown, split_broad,
 )
 
 TOPICS = {
@@ -179,6 +179,8 @@ def test_error_patterns_end_to_end(model):
     assert bread.size == python.size == 8
     # The two liked bread answers count against the bread cluster; football is another topic.
     assert bread.liked_nearby == 2 and python.liked_nearby == 0
+    liked_bread = df.loc[(df["label"] == "liked") & df["query"].isin(TOPICS["bread"]), "id"]
+    assert sorted(bread.liked_ids) == sorted(liked_bread) and python.liked_ids == []  # for the failure contrast
     assert bread.dislike_rate == pytest.approx(0.8) and python.dislike_rate == 1.0
     assert len(bread.example_queries) == 2 and all(q in TOPICS["bread"] for q in bread.example_queries)
     assert bread.sample_comments == ["useless"] and python.sample_comments == []
@@ -266,3 +268,14 @@ def test_sampled_analysis_embeds_only_the_sample(model):
     assert ignores["n_flagged"] + ignores["n_unflagged"] == 40  # checked on the sample only
     refusal = summary.set_index("type").loc["refusal"]
     assert refusal["n_flagged"] + refusal["n_unflagged"] == 90  # rules without a model see every row
+
+
+def test_split_broad_breaks_a_cluster_that_holds_most_rows(planted_embeddings):
+    # One loose threshold merges all three topics; splitting recovers them.
+    merged = cluster_texts(planted_embeddings, min_cluster_size=5, distance_threshold=1.2)
+    assert len(set(merged.tolist()) - {-1}) == 1
+    split = split_broad(planted_embeddings, merged, min_cluster_size=5, distance_threshold=1.2, max_share=0.5,
+                        floor=0.7)
+    assert len(set(split.tolist()) - {-1}) == 3
+    assert adjusted_rand_score(TRUTH, split) > 0.9
+    assert (split_broad(planted_embeddings, merged, 5, 1.2, max_share=1.0) == merged).all()  # nothing broad

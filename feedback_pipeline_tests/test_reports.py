@@ -47,7 +47,16 @@ def test_report_assets_on_real_feedback(tmp_path):
     stored = latest_suggestions(store)
     produced = result.output_for_node("improvement_suggestions")
     assert len(stored) == produced["count"] > 0 and stored["rank"].tolist() == list(range(1, len(stored) + 1))
-    assert set(stored["kind"]) <= {"sft_candidates", "length_gap", "error_type", "too_little_data", "cluster_trend"}
+    assert set(stored["kind"]) <= {"failure_cluster", "length_gap", "error_type", "too_little_data"}
+    assert not stored.duplicated(["kind", "target"]).any()  # one entry per finding
+    assert stored["priority"].is_monotonic_decreasing
+    statuses = [m["status"] for m in stored["metrics"]]
+    failing = [m for m in stored["metrics"] if m["status"] == "failing"]
+    assert set(statuses) <= {"failing", "watch", "note"}
+    assert all(m["dislike_rate"] > m["baseline_rate"] and m["excess_low"] > 0 for m in failing)
+    assert statuses == sorted(statuses, key=["failing", "note", "watch"].index)
+    assert "too little data (recent" not in report  # every row is from today: no baseline period yet, said once
+    assert report.count("No baseline period yet") == 1
     cleaned = result.output_for_node("cleaned_feedback")
     assert {"spam_reason", "exclude_from_training"} <= set(cleaned.columns)
     assert isinstance(cleaned, pd.DataFrame) and len(cleaned) > 200

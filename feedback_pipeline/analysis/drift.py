@@ -93,7 +93,12 @@ def detect_drops(
     return table.sort_values(["alarm", "drop"], ascending=[False, False], na_position="last", ignore_index=True)
 
 
+NO_BASELINE = "no baseline period yet"
+
+
 def _verdict(drop, p_value, cusum, n_new, n_base, min_count, alpha, min_drop, h) -> tuple[bool, str]:
+    if n_base == 0:
+        return False, NO_BASELINE
     if n_new < max(min_count, 1) or n_base < max(min_count, 1):
         return False, f"too little data (recent {n_new}, baseline {n_base}; need {min_count} each)"
     if drop < min_drop:
@@ -121,6 +126,14 @@ def drops_markdown(table: pd.DataFrame) -> str:
             [r["segment"], fmt_pct(r["baseline_rate"]), fmt_pct(r["recent_rate"]), f"{100 * r['drop']:.1f}",
              f"{r['p_value']:.2g}", r["n_recent"], r["n_baseline"], f"{r['cusum']:.1f}"]
             for r in alarms.to_dict("records")]))
+    fresh = rest[rest["reason"] == NO_BASELINE]
+    if len(fresh) == len(table):
+        n = int(table["n_recent"].sum())
+        return "\n".join(lines[:2] + [f"No baseline period yet: all {n} rated answers fall in the latest period "
+                                       f"(from {start}), so no segment can be compared with earlier periods."]) + "\n"
+    rest = rest[rest["reason"] != NO_BASELINE]
     if not rest.empty:
         lines += ["", "Not flagged:"] + [f"- {md_cell(r['segment'])}: {r['reason']}" for r in rest.to_dict("records")]
+    if len(fresh):
+        lines += ["", f"No baseline period yet (new since {start}): " + ", ".join(md_cell(s) for s in fresh["segment"])]
     return "\n".join(lines) + "\n"

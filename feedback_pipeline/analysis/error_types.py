@@ -269,3 +269,16 @@ def error_types_markdown(summary: pd.DataFrame) -> str:
     if unchecked:
         lines += ["", f"Not checked (no data for the rule): {', '.join(unchecked)}."]
     return "\n".join(lines) + "\n"
+
+
+def sampled_similarity(rated: pd.DataFrame, embeddings_for: Callable[[list[str]], np.ndarray],
+                       max_embedded: int | None = None) -> pd.Series:
+    """Query-answer cosine for the rows of :func:`patterns.embedding_sample` (the vectors the clusters use),
+    NaN for the rest: pass it to :func:`classify_errors` as ``similarity``."""
+    from feedback_pipeline.analysis.patterns import embedding_sample  # patterns is the heavier module
+
+    similarity = pd.Series(np.nan, index=rated.index)
+    sample = embedding_sample(rated, max_embedded)
+    if len(sample):
+        similarity.loc[sample.index] = query_response_similarity(sample, embeddings_for)
+    return similarity

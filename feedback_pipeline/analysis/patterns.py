@@ -38,6 +38,7 @@ class ErrorCluster:
     example_responses: list[str]
     sample_comments: list[str]
     ids: list = field(default_factory=list)  # feedback ids of the disliked members, for drill-down
+    liked_ids: list = field(default_factory=list)  # feedback ids of the liked rows counted in liked_nearby
 
 
 @dataclass
@@ -109,6 +110,29 @@ def cluster_texts(embeddings: np.ndarray, min_cluster_size: int = 5, distance_th
     return np.array([mapping.get(r, -1) for r in raw], dtype=int)
 
 
+def split_broad(vectors: np.ndarray, labels: np.ndarray, min_cluster_size: int, distance_threshold: float,
+                max_share: float = 0.25, step: float = 0.1, floor: float = 0.5) -> np.ndarray:
+    """Re-cluster any cluster holding more than ``max_share`` of the rows at a threshold ``step`` tighter (down
+    to ``floor``), until none does; labels renumbered by size. In a single-domain corpus (FeedbackQA: every
+    question is about COVID-19) the default threshold puts most answers in one "topic", which names nothing."""
+    labels = np.asarray(labels).copy()
+    threshold = distance_threshold - step
+    while threshold >= floor - 1e-9:
+        ids, sizes = np.unique(labels[labels != -1], return_counts=True)
+        broad = [i for i, n in zip(ids, sizes) if n > max_share * len(labels) and n >= 4 * min_cluster_size]
+        if not broad:
+            break
+        for b in broad:
+            members = np.flatnonzero(labels == b)
+            sub = cluster_texts(vectors[members], min_cluster_size, threshold)
+            labels[members] = np.where(sub == -1, -1, labels.max() + 1 + sub)
+        threshold -= step
+    ids, sizes = np.unique(labels[labels != -1], return_counts=True)
+    order = [i for i, _ in sorted(zip(ids, sizes), key=lambda p: (-p[1], p[0]))]
+    mapping = {old: new for new, old in enumerate(order)}
+    return np.array([mapping.get(r, -1) for r in labels], dtype=int)
+
+
 def cluster_terms(texts: Sequence[str], labels: Sequence[int], top_k: int = 5) -> dict[int, list[str]]:
     """Top ``top_k`` terms per cluster by class-based TF-IDF (as in BERTopic).
 
@@ -162,24 +186,23 @@ def dislikes_by(df: pd.DataFrame, column: str, max_examples: int = 3) -> pd.Data
     return out.sort_values(["disliked", "dislike_rate"], ascending=False, ignore_index=True)
 
 
-def _liked_counts(centroids: np.ndarray, radii: np.ndarray, liked: np.ndarray) -> np.ndarray:
-    """Liked rows per cluster: nearest centroid, and only if at least as close as that cluster's radius."""
-    counts = np.zeros(len(centroids), dtype=int)
+def _liked_assignment(centroids: np.ndarray, radii: np.ndarray, liked: np.ndarray) -> np.ndarray:
+    """Each liked row's cluster position: its nearest centroid if at least as close as that cluster's radius,
+    else -1."""
     if len(liked) == 0 or len(centroids) == 0:
-        return counts
+        return np.full(len(liked), -1, dtype=int)
     sims = liked @ centroids.T
     nearest = sims.argmax(axis=1)
     inside = sims[np.arange(len(liked)), nearest] >= radii[nearest]
-    np.add.at(counts, nearest[inside], 1)
-    return counts
+    return np.where(inside, nearest, -1)
 
 
 def _make_cluster(
-    cid: int, members: pd.DataFrame, sims: np.ndarray, liked_nearby: int, terms: list[str], max_examples: int
+    cid: int, members: pd.DataFrame, sims: np.ndarray, liked: pd.DataFrame, terms: list[str], max_examples: int
 ) -> ErrorCluster:
     central = members.iloc[np.argsort(-sims, kind="stable")]  # most typical first
     comments = [_truncate(c) for c in central["comment"] if isinstance(c, str) and c.strip()]
-    size = len(members)
+    size, liked_nearby = len(members), len(liked)
     low, high = wilson_interval(size, size + liked_nearby)
     return ErrorCluster(
         id=int(cid),
@@ -194,6 +217,7 @@ def _make_cluster(
         example_responses=[_truncate(r) for r in central["response"].head(max_examples)],
         sample_comments=comments[:max_examples],
         ids=central["id"].tolist() if "id" in central else [],
+        liked_ids=liked["id"].tolist() if "id" in liked else [],
     )
 
 
@@ -205,6 +229,7 @@ def error_patterns(
     distance_threshold: float = 0.8,
     assign_threshold: float | None = 0.5,
     max_embedded: int | None = None,
+    max_share: float | None = 0.25,
 ) -> ErrorPatterns:
     """Dislikes by subject and intent, plus topic clusters of disliked query+response texts.
 
@@ -214,6 +239,9 @@ def error_patterns(
     disliked member) or ``assign_threshold``, whichever is lower. The fixed floor matters for tight
     clusters, such as one canned refusal to many questions, whose radius would shut out good answers
     to the same questions (their response text differs). ``None`` uses the radius alone.
+
+    A cluster holding more than ``max_share`` of the disliked rows is split (:func:`split_broad`); ``None``
+    keeps it whole.
 
     Embedding is the cost (about 100 texts/s on two CPU cores), so above ``max_embedded`` rated rows the
     clusters come from :func:`embedding_sample`; segment tables always use every row.
@@ -229,6 +257,8 @@ def error_patterns(
     texts = _row_text(bad)
     vectors = _normalise(embeddings_for(texts))
     labels = cluster_texts(vectors, min_cluster_size, distance_threshold)
+    if max_share is not None:
+        labels = split_broad(vectors, labels, min_cluster_size, distance_threshold, max_share)
     cids = [c for c in sorted(set(labels.tolist())) if c != -1]
     if not cids:
         return ErrorPatterns(by_segment, [], len(bad), len(bad), fraction, len(rated))
@@ -239,9 +269,9 @@ def error_patterns(
     if assign_threshold is not None:
         radii = np.minimum(radii, assign_threshold)
     liked_vectors = _normalise(embeddings_for(_row_text(good))) if len(good) else np.zeros((0, vectors.shape[1]))
-    liked = _liked_counts(centroids, radii, liked_vectors)
+    assigned = _liked_assignment(centroids, radii, liked_vectors)
     clusters = [
-        _make_cluster(c, bad[labels == c], member_sims[i], liked[i], terms.get(c, []), max_examples)
+        _make_cluster(c, bad[labels == c], member_sims[i], good[assigned == i], terms.get(c, []), max_examples)
         for i, c in enumerate(cids)
     ]
     clusters.sort(key=lambda cl: (-cl.size, cl.id))

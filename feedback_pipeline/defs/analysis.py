@@ -8,8 +8,10 @@ from pydantic import Field
 
 from feedback_pipeline.analysis.drift import detect_drops, drops_markdown
 from feedback_pipeline.analysis.embeddings import EmbeddingCache, encode_cached, model_identifier
-from feedback_pipeline.analysis.error_analysis import analyse_errors
-from feedback_pipeline.analysis.error_types import error_types_markdown
+from feedback_pipeline.analysis.error_types import (
+    classify_errors, error_type_summary, error_types_markdown, sampled_similarity,
+)
+from feedback_pipeline.analysis.patterns import error_patterns as find_patterns
 from feedback_pipeline.analysis.patterns import patterns_markdown
 from feedback_pipeline.analysis.plots import like_rate_over_time, png_markdown, segment_bars
 from feedback_pipeline.analysis.quality import DEFAULT_SEGMENTS, quality_report, report_markdown
@@ -60,6 +62,9 @@ def feedback_quality_report(context: dg.AssetExecutionContext, config: QualityRe
 class ErrorPatternsConfig(dg.Config):
     min_cluster_size: int = Field(5, description="Smallest group of similar disliked answers reported as a cluster.")
     distance_threshold: float = Field(0.8, description="Cosine distance below which answers join one cluster.")
+    max_cluster_share: float | None = Field(
+        0.25, description="A cluster holding more than this share of the disliked answers is split at a tighter "
+                          "threshold (in a single-domain corpus one 'topic' otherwise swallows most answers).")
     max_seq_length: int = Field(64, description="Tokens embedded per text: the query and the opening of the answer "
                                                 "carry the topic (vectors at 64 vs 128 tokens: cosine 0.99 on average).")
     max_embedded_rows: int | None = Field(
@@ -79,9 +84,14 @@ def error_patterns(context: dg.AssetExecutionContext, config: ErrorPatternsConfi
     with EmbeddingCache(workspace.path("cache") / "embeddings.sqlite") as cache:
         model_id = model_identifier(model)  # once: hashing the weights per call would cost 0.25 s each
         embed = lambda texts: encode_cached(model, texts, cache, model_id=model_id)  # noqa: E731
-        patterns, summary = analyse_errors(cleaned_feedback, embed, max_embedded=config.max_embedded_rows,
-                                           min_cluster_size=config.min_cluster_size,
-                                           distance_threshold=config.distance_threshold)
+        patterns = find_patterns(cleaned_feedback, embed, max_embedded=config.max_embedded_rows,
+                                 min_cluster_size=config.min_cluster_size,
+                                 distance_threshold=config.distance_threshold, max_share=config.max_cluster_share)
+        # The same sample as the clusters, so one set of vectors serves both (as analyse_errors does).
+        rated = cleaned_feedback[cleaned_feedback["label"].isin(["liked", "disliked"])]
+        similarity = sampled_similarity(rated, embed, config.max_embedded_rows)
+    flags = classify_errors(rated, similarity=similarity.to_numpy())
+    summary = error_type_summary(rated, flags)
     trends = cluster_trends(cleaned_feedback, patterns.clusters)
     trend_lines = [f"- cluster {c.id} ({c.name}): {trends.get(c.id, 'stable')}" for c in patterns.clusters]
     markdown = "\n\n".join([patterns_markdown(patterns), "## Cluster trends (last 4 weeks)\n\n" +
@@ -93,21 +103,26 @@ def error_patterns(context: dg.AssetExecutionContext, config: ErrorPatternsConfi
         "embedded_share": round(patterns.sample_fraction, 4),
         "report": dg.MetadataValue.md(markdown), "report_file": dg.MetadataValue.path(str(path)),
     })
-    return {"report_file": str(path), "patterns": patterns, "error_summary": summary, "trends": trends}
+    return {"report_file": str(path), "patterns": patterns, "error_summary": summary, "trends": trends,
+            "flags": flags, "similarity": similarity}
 
 
 @dg.asset(group_name="analysis", kinds={"pandas", "sql"},
-          description="Actionable suggestions with their evidence, stored as rows in improvement_suggestions.")
+          description="One suggestion per finding (topic cluster with what its disliked answers get wrong, length "
+                      "gap, error type), ranked by excess dislikes over the baseline with 95% intervals; stored as "
+                      "rows in improvement_suggestions.")
 def improvement_suggestions(context: dg.AssetExecutionContext, cleaned_feedback: pd.DataFrame, error_patterns: dict,
                             feedback_quality_report: dict, feedback_store: FeedbackStoreResource,
                             workspace: WorkspaceResource) -> dict:
     found = suggest(cleaned_feedback, error_patterns["patterns"], error_patterns["error_summary"],
-                    feedback_quality_report["tables"])
+                    feedback_quality_report["tables"], flags=error_patterns.get("flags"),
+                    similarity=error_patterns.get("similarity"))
     stored = save_suggestions(feedback_store.store(), context.run.run_id, suggestions_frame(found))
     markdown = suggestions_markdown(found)
     path = workspace.path("reports") / "improvement_suggestions.md"
     path.write_text(markdown, encoding="utf-8")
-    context.add_output_metadata({"suggestions": stored, "report": dg.MetadataValue.md(markdown),
+    context.add_output_metadata({"suggestions": stored, "failing": sum(s.status == "failing" for s in found),
+                                 "report": dg.MetadataValue.md(markdown),
                                  "by_kind": dg.MetadataValue.json(pd.Series([s.kind for s in found]).value_counts().to_dict()),
                                  "report_file": dg.MetadataValue.path(str(path))})
     return {"report_file": str(path), "count": stored, "run_id": context.run.run_id}
