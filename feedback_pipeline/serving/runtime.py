@@ -28,8 +28,11 @@ class Serving:
 
     @classmethod
     def from_settings(cls, settings: Settings, store: FeedbackStore) -> Serving:
+        import torch
+
         from feedback_pipeline.training.base_model import prepare_base_chat_model
 
+        torch.set_num_threads(settings.serving_torch_threads)
         base = prepare_base_chat_model(settings.models_dir / "smollm2-135m-instruct", settings.chat_base_model)
         router = Router(settings.chat_model_name,
                         {task: ModelRef.parse(ref) for task, ref in settings.serving_task_routes})
