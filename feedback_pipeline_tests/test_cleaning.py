@@ -115,7 +115,7 @@ def test_rows_without_user_fall_back_to_session_and_anonymous_rows_are_never_mer
 
 def test_pii_is_redacted_everywhere_including_history_and_retrieved_context():
     row = record(
-        1, query="I'm at 10.0.0.7, call +44 20 7946 0958", response="Email support@example.com.",
+        1, query="I'm at 10.0.0.7, call +44 20 7946 0958", response="Email jane.doe@example.com.",
         comment="my card 4111 1111 1111 1111 was charged",
         history=[{"role": "user", "content": "I am @jlee"}, {"role": "assistant", "content": "Hi!"}],
         retrieved_context=[{"doc_id": "kb-1", "text": "Pay to DE89 3704 0044 0532 0130 00", "score": 0.8}],

@@ -68,6 +68,7 @@ def _strip_possessive(start: int, end: int, text: str) -> int:
 def find_names(text: str, single_first: bool = True, exclude: tuple[str, ...] = ()) -> Iterator[Span]:
     first, last = gazetteer(exclude)
     words = [(m.start(), _strip_possessive(m.start(), m.end(), text)) for m in _WORD.finditer(text)]
+    words = [(s, e) for s, e in words if e > s]
     i = 0
     while i < len(words):
         run = [i]  # consecutive capitalised words (particles allowed inside) separated by one space
@@ -163,10 +164,36 @@ def _us_street(candidate: str) -> bool:
     return kind == "Street Address" and {"AddressNumber", "StreetName", "StreetNamePostType"} <= set(tags)
 
 
+_LOWER_OK = re.compile(rf"(?i)^(?:{_PREFIX_TYPES}|{_SUFFIX_WORDS}|de|del|la|las|los|di|della|delle|dei|du|des|d|da|do|"
+                       rf"dos|bis|ter|nad|pod|am|an|der|sur|le|im|in|m|lok|x)$")
+
+
+def _plausible(value: str) -> bool:
+    """One line, and every word but street-type words and particles capitalised ("place their orders for 2020",
+    "instalment covering 3" are prose)."""
+    if "\n" in value:
+        return False
+    words = re.findall(r"[^\W\d_]+(?:['’\-][^\W\d_]+)*\.?", value)
+    return all(w[0].isupper() or _LOWER_OK.match(w.rstrip(".")) or _LOWER_OK.match(w) for w in words) \
+        and any(w[0].isupper() for w in words)
+
+
+_LEADING_PROSE = re.compile(r"[^\W\d_]+[ \-]")
+
+
 def find_addresses(text: str) -> Iterator[Span]:
     for pattern in _ADDRESS_PATTERNS:
         for m in pattern.finditer(text):
-            yield "address", m.start(), m.end() - (text[m.end() - 1] in ".,")
+            start, end = m.start(), m.end() - (text[m.end() - 1] in ".,")
+            lead = _LEADING_PROSE.match(text, start, end)  # "to Scholzallee 5": the optional first word was prose
+            if lead and not lead.group()[0].isupper() and not _LOWER_OK.match(lead.group()[:-1]):
+                start = lead.end()
+            while end > start and not _plausible(text[start:end]):  # "rue Ferrand has mould": prose follows
+                cut = max(text.rfind(" ", start, end), text.rfind(",", start, end))
+                end = cut if cut > start else start
+                end -= text[end - 1:end] in ",." if end > start else 0
+            if end > start and any(ch.isdigit() for ch in text[start:end]) and any(ch.isalpha() for ch in text[start:end]):
+                yield "address", start, end
     for m in _US_CANDIDATE.finditer(text):
-        if _us_street(m.group()):
+        if "\n" not in m.group() and _us_street(m.group()):
             yield "address", m.start(), m.end() - (text[m.end() - 1] in ".,")
