@@ -1,4 +1,4 @@
-"""Command line: ``feedback-pipeline migrate | import | prepare-models | serve | keys | erase-user | summary |
+"""Command line: ``feedback-pipeline migrate | import | prepare-models | serve | simulate | keys | erase-user | summary |
 models``."""
 
 from __future__ import annotations
@@ -73,6 +73,22 @@ def cmd_serve_api(settings, args) -> int:
                 limit_concurrency=settings.max_connections, backlog=2048, timeout_keep_alive=5,
                 timeout_graceful_shutdown=10)
     return 0
+
+
+def cmd_simulate(settings, args) -> int:
+    from feedback_pipeline.serving.simulate import UserModel, simulate
+
+    like_by_arm = {}
+    for item in filter(None, (args.like_by_arm or "").split(",")):
+        arm, _, p = item.partition("=")
+        like_by_arm[arm.strip()] = float(p)
+    model = UserModel(like_by_arm=like_by_arm, prefer=args.prefer, threshold_chars=args.threshold_chars)
+    report = simulate(args.url.rstrip("/"), args.key, args.users, model, seed=args.seed, max_tokens=args.max_tokens,
+                      intent=args.intent, project=args.project)
+    print(json.dumps({"simulated": True, "users": report.users, "served": dict(report.served),
+                      "liked": dict(report.liked), "versions": dict(report.versions),
+                      "errors": report.errors[:10], "error_count": len(report.errors)}, indent=2))
+    return 0 if not report.errors else 1
 
 
 def cmd_keys_create(settings, args) -> int:
@@ -319,6 +335,20 @@ def build_parser() -> argparse.ArgumentParser:
         api.add_argument("--host", default="127.0.0.1")
         api.add_argument("--port", type=int, default=8000)
         api.set_defaults(func=cmd_serve_api)
+    sim = sub.add_parser("simulate", help="SIMULATED users: chat through the router, send feedback through the "
+                                          "capture API (source=simulated)")
+    sim.add_argument("--url", default="http://127.0.0.1:8000", help="the running service (SERVING_ENABLED=1)")
+    sim.add_argument("--key", required=True, help="a write key")
+    sim.add_argument("--users", type=int, default=200)
+    sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--like-by-arm", help="known like-probability per arm, e.g. A=0.80,B=0.83")
+    sim.add_argument("--prefer", choices=["none", "shorter", "longer"], default="none",
+                     help="else users like answers by length (0.9 when it has the property, 0.2 otherwise)")
+    sim.add_argument("--threshold-chars", type=int, default=40)
+    sim.add_argument("--max-tokens", type=int, default=16)
+    sim.add_argument("--intent")
+    sim.add_argument("--project")
+    sim.set_defaults(func=cmd_simulate)
     keys = sub.add_parser("keys", help="API keys of the capture service: create, list, revoke")
     ksub = keys.add_subparsers(dest="keys_command", required=True)
     cmd = ksub.add_parser("create", help="new key; prints its secret once")
