@@ -115,13 +115,16 @@ def test_dpo_pairs_from_ranks_and_thumbs():
         _row("d1", "What is 3+3?", "7.", "disliked"),
     ])
 
-    pairs = dpo_pairs(df)
+    stats = {}
+    pairs = dpo_pairs(df, stats=stats)
     got = {(p["chosen_id"], p["rejected_id"], p["source"]) for p in pairs}
+    # a1 and a3 are one answer (id a1): a0 beats it twice (one pair), a4 beats it once (via a3); a1 > a2 and
+    # a2 > a3 cancel out, so a1/a2 is dropped as a tie instead of emitted both ways.
     assert got == {
-        ("a0", "a1", "rank"), ("a0", "a2", "rank"), ("a0", "a3", "rank"), ("a0", "a4", "rank"),
-        ("a1", "a2", "rank"), ("a4", "a2", "rank"), ("a4", "a3", "rank"), ("a2", "a3", "rank"),
+        ("a0", "a1", "rank"), ("a0", "a2", "rank"), ("a0", "a4", "rank"), ("a4", "a1", "rank"), ("a4", "a2", "rank"),
         ("b1", "b2", "thumbs"), ("b3", "b2", "thumbs"),
     }
+    assert stats["dropped_ties"] == 1 and stats["merged_duplicate_votes"] == 2  # a0>a1 twice, a1/a2 both ways
     assert len(got) == len(pairs)  # no duplicates; a2-vs-a0 thumbs pair dropped in favour of the ranks
     by_id = df.set_index("id")
     for p in pairs:  # never across prompts, and the texts are the rows' texts

@@ -47,3 +47,44 @@ def test_ids_are_deterministic_without_an_id_and_kept_with_one():
     assert normalise_record(feedback(query="other"), "t")["id"] != a["id"]
     given = "0b9f6a52-1c4c-4f0e-9d55-0b0c2a1e9f10"
     assert normalise_record(feedback(id=given.upper()), "t")["id"] == given
+
+
+@pytest.mark.parametrize("overrides, field, reason", [
+    # Booleans are thumbs for ``rating`` only, never numbers.
+    ({"rating": None, "stars": True}, "stars", "whole number"),
+    ({"rating": None, "rating_stars": True}, "rating_stars", "whole number"),
+    ({"latency_ms": True}, "latency_ms", "number"),
+    ({"message_index": False}, "message_index", "whole number"),
+    ({"prompt_tokens": True}, "prompt_tokens", "whole number"),
+    # NaN and Infinity are rejected, never read as "no value".
+    ({"rating": float("nan")}, "rating", "finite"),
+    ({"rating": float("inf")}, "rating", "finite"),
+    ({"rating": None, "stars": float("nan")}, "stars", "finite"),
+    ({"latency_ms": float("inf")}, "latency_ms", "finite"),
+    ({"latency_ms": 1e999}, "latency_ms", "finite"),
+    ({"message_index": float("nan")}, "message_index", "finite"),
+    ({"rating": "NaN"}, "rating", "[-1, 1]"),
+    # Timestamps outside the documented window (2000-01-01 .. now + 1 day), also ones that overflow.
+    ({"created_at": "2999-01-01T00:00:00Z"}, "created_at", "between 2000-01-01"),
+    ({"created_at": "1999-12-31T23:59:59Z"}, "created_at", "between 2000-01-01"),
+    ({"created_at": "0001-01-01T00:00:00+05:00"}, "created_at", "out of range"),
+    ({"updated_at": "9999-12-31T23:59:59-05:00"}, "updated_at", "out of range"),
+    ({"updated_at": "2100-01-01T00:00:00Z"}, "updated_at", "between 2000-01-01"),
+    ({"created_at": True}, "created_at", "ISO-8601"),
+])
+def test_non_numbers_and_out_of_window_times_are_rejected_at_the_door(overrides, field, reason):
+    with pytest.raises(FeedbackValidationError) as err:
+        normalise_record(feedback(**overrides), source="t")
+    assert err.value.field == field and reason in err.value.reason
+
+
+def test_window_edges_and_a_thumb_as_boolean_are_accepted():
+    from datetime import datetime, timedelta, timezone
+
+    now = datetime(2025, 6, 30, 12, tzinfo=timezone.utc)
+    row = normalise_record(feedback(created_at="2000-01-01T00:00:00Z", rating=True), "t", now=now)
+    assert row["created_at"] == datetime(2000, 1, 1, tzinfo=timezone.utc) and row["rating"] == 1.0
+    almost = (now + timedelta(hours=23)).isoformat()
+    assert normalise_record(feedback(created_at=almost), "t", now=now)["created_at"] == now + timedelta(hours=23)
+    with pytest.raises(FeedbackValidationError, match="between 2000-01-01"):
+        normalise_record(feedback(created_at=(now + timedelta(days=2)).isoformat()), "t", now=now)

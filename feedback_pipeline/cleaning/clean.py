@@ -18,13 +18,10 @@ import numpy as np
 import pandas as pd
 
 from feedback_pipeline.cleaning.pii import redact_with_counts
+from feedback_pipeline.ingestion.records import EARLIEST, FUTURE_SLACK
 
 MULTILINE_COLUMNS = ("query", "response")  # code and lists live here: newlines and indentation are content
 SINGLE_LINE_COLUMNS = ("comment", "subject")
-# Every text column is redacted; each by its field policy (cleaning/pii.py FIELD_POLICY): what a user wrote
-# (query, comment, subject, user turns of history) loses every identifier; an answer (response,
-# retrieved_context, assistant turns of history) keeps public contact points (URLs, toll-free numbers, role and
-# government mailboxes) and the names of people it mentions without a cue, and loses everything else.
 REDACTED_COLUMNS = ("query", "response", "comment", "subject", "history", "retrieved_context")
 REQUIRED_COLUMNS = ("id", "query", "response", "rating")
 ADDED_COLUMNS = ("duplicate_count", "label", "pii_redacted")
@@ -126,6 +123,32 @@ def rejection_reasons(query: Any, response: Any, rating: Any) -> str:
     return "; ".join(r for r in reasons if r)
 
 
+def stored_value_reasons(df: pd.DataFrame) -> pd.Series:
+    """Values the door rejects today but an older store may hold (ingestion/records.py): ``created_at`` missing or
+    unreadable (``read_frame`` turns a year outside pandas' range, e.g. 0001 or 2999, into NaT), a timestamp
+    outside ``EARLIEST`` .. now + ``FUTURE_SLACK``, a non-finite latency. '' per usable row, else
+    'field: reason' joined by '; '."""
+    reasons = pd.Series([[] for _ in range(len(df))], index=df.index, dtype=object)
+    if "created_at" in df:
+        latest = pd.Timestamp.now(tz="UTC") + FUTURE_SLACK
+        for name in ("created_at", "updated_at"):
+            if name not in df:
+                continue
+            stamps = pd.to_datetime(df[name], utc=True, errors="coerce")
+            if name == "created_at":
+                for i in df.index[stamps.isna()]:
+                    reasons[i].append("created_at: missing or outside the readable range")
+            outside = stamps.notna() & ((stamps < pd.Timestamp(EARLIEST)) | (stamps > latest))
+            for i in df.index[outside]:
+                reasons[i].append(f"{name}: outside {EARLIEST.date()} .. now + {FUTURE_SLACK.days} day "
+                                  f"({stamps[i].isoformat()})")
+    if "latency_ms" in df:
+        latency = pd.to_numeric(df["latency_ms"], errors="coerce")
+        for i in df.index[np.isinf(latency.to_numpy(dtype=float))]:
+            reasons[i].append(f"latency_ms: not a finite number ({latency[i]:g})")
+    return reasons.map("; ".join)
+
+
 # --- de-duplication ------------------------------------------------------------------------------------------
 
 def _rater(df: pd.DataFrame) -> pd.Series:
@@ -155,7 +178,7 @@ def _redact_frame(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series, Counter]:
     for name in REDACTED_COLUMNS:
         if name not in df:
             continue
-        results = df[name].map(lambda value, field=name: redact_with_counts(value, field))
+        results = df[name].map(redact_with_counts)
         df[name] = results.map(lambda r: r[0])
         counts = results.map(lambda r: r[1])
         per_row += counts.map(lambda c: sum(c.values())).astype("int64")
@@ -185,6 +208,8 @@ def clean_feedback(df: pd.DataFrame, redact: bool = True) -> CleaningResult:
     work = _normalise_frame(df.reset_index(drop=True))  # a copy with unique labels, which the filters rely on
     reasons = pd.Series([rejection_reasons(*values) for values in zip(work["query"], work["response"], work["rating"])],
                         index=work.index, dtype=object)
+    stored = stored_value_reasons(work)
+    reasons = (reasons + "; " + stored).str.strip("; ").where(stored != "", reasons)
     valid = work[reasons == ""]
     rejected = work[reasons != ""].assign(reject_reason=reasons[reasons != ""])
 

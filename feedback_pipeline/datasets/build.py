@@ -18,6 +18,17 @@ SFT weight policy (:func:`example_weight`), a product of four factors:
 
 Weights are rounded to 4 decimals. Both files are capped at ``max_file_mb``: above it the lowest-weight records
 are dropped first, and the manifest says how many.
+
+One vote per rater, one example per answer (:func:`aggregate_answers`): the rows rating the same answer (the same
+history + query + response, compared lower-cased with whitespace collapsed) are merged before any record is
+written. A rater is the row's user, else its session, else the row itself; a rater who rated the answer twice
+counts once (the latest rating). A row carrying several raters' votes (oasst1 ``votes_up`` / ``votes_down``)
+counts each vote. The answer's net vote is (up - down) / raters, its agreement the majority's share of the raters,
+its label the sign of the net vote: ``tie`` when as many liked as disliked it. SFT holds each liked answer once,
+with the support bonus from the number of distinct raters; KTO one label per answer, a tie dropped or, with
+``tie_policy="neutral"``, written to ``neutral.jsonl`` (``"label": null``, outside train/eval: KTO trains on
+booleans only). The manifest's ``stats["aggregation"]`` counts the rows merged into another, repeated votes
+dropped, ties and answers rated both ways; its ``feedback_ids`` list every merged row.
 """
 
 from __future__ import annotations
@@ -28,10 +39,13 @@ import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import pandas as pd
 
 from feedback_pipeline.datasets.splits import assign_split, users_on_both_sides
+
+TiePolicy = Literal["drop", "neutral"]
 
 
 class InsufficientDataError(RuntimeError):
@@ -100,7 +114,96 @@ def trainable_rows(cleaned: pd.DataFrame, eval_fraction: float, by_user: bool = 
     return rows[rows["label"].isin(["liked", "disliked"])]
 
 
+def _norm(text) -> str:
+    return " ".join(str(text).lower().split())
+
+
+def answer_key(row) -> str:
+    """Identity of an answer: roles and normalised contents of history + query, then the normalised response."""
+    messages = [*prompt_messages(row), {"role": "assistant", "content": row.response}]
+    return json.dumps([[m["role"], _norm(m["content"])] for m in messages], ensure_ascii=False)
+
+
+def _votes(row) -> tuple[int, int, int]:
+    """(up, down, neutral) votes one row carries: its metadata's votes when it has them, else its one rating."""
+    metadata = getattr(row, "metadata", None)
+    if isinstance(metadata, dict):
+        up, down = int(metadata.get("votes_up") or 0), int(metadata.get("votes_down") or 0)
+        if up + down > 0:
+            return up, down, 0
+    rating = getattr(row, "rating", None)
+    if not isinstance(rating, (int, float)) or rating != rating:  # no rating: the label alone, if any
+        label = getattr(row, "label", None)
+        return int(label == "liked"), int(label == "disliked"), 0
+    return int(rating > 0), int(rating < 0), int(rating == 0)
+
+
+def _rater_keys(rows: pd.DataFrame) -> pd.Series:
+    """Who cast a row's vote: the user, else the session, else the row; a row carrying several votes is its own."""
+    def key(row) -> str:
+        metadata = row.metadata if isinstance(getattr(row, "metadata", None), dict) else {}
+        if int(metadata.get("votes_up") or 0) + int(metadata.get("votes_down") or 0) == 0:
+            for name in ("user_id", "session_id"):
+                value = getattr(row, name, None)
+                if isinstance(value, str) and value:
+                    return f"{name}:{value}"
+        return f"row:{row.id}"
+    return pd.Series([key(r) for r in rows.itertuples(index=False)], index=rows.index, dtype=object)
+
+
+def label_of_votes(up: int, down: int) -> str:
+    return "liked" if up > down else "disliked" if down > up else "tie" if up else "neutral"
+
+
+def aggregate_answers(rows: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
+    """One row per answer (see the module docstring) and the counts of what merging did: ``merged_duplicates``
+    rows folded into another row's answer (repeated votes of one rater among them, also counted on their own).
+
+    The answer row is its first row (lowest id) with ``id`` that row's id, ``feedback_ids`` every merged row's id,
+    ``created_at`` the newest, ``votes_up`` / ``votes_down`` / ``votes_neutral``, ``raters``, ``net_vote``,
+    ``agreement``, ``rating`` (the raters' mean rating) and ``label`` (liked, disliked, tie or neutral). Rows of one
+    answer share their prompt, hence their split (``split`` is kept and checked)."""
+    stats = {"rows": len(rows), "answers": 0, "merged_duplicates": 0, "repeat_votes_dropped": 0, "ties": 0,
+             "answers_rated_both_ways": 0}
+    if rows.empty:
+        return rows.assign(feedback_ids=pd.Series(dtype=object), raters=pd.Series(dtype="int64")), stats
+    order = [c for c in ("updated_at", "ingested_at", "created_at") if c in rows] + ["id"]
+    keyed = rows.assign(_answer=[answer_key(r) for r in rows.itertuples(index=False)], _rater=_rater_keys(rows))
+    keyed = keyed.sort_values(order, na_position="first", kind="stable")
+    counted = ~keyed.duplicated(["_answer", "_rater"], keep="last")  # one vote per rater: the latest
+    stats["repeat_votes_dropped"] = int((~counted).sum())
+    answers = []
+    for _, group in keyed.assign(_counted=counted).groupby("_answer", sort=True):
+        group = group.sort_values("id", kind="stable")
+        if "split" in group and group["split"].nunique() > 1:
+            raise AssertionError(f"answer {group['id'].iloc[0]} straddles the split")
+        voters = group[group["_counted"]]
+        votes = [_votes(r) for r in voters.itertuples(index=False)]
+        up, down, neutral = (sum(v[i] for v in votes) for i in range(3))
+        raters = up + down + neutral
+        weighted = [(float(r), sum(v)) for r, v in zip(voters["rating"], votes) if sum(v) and r == r]
+        first = group.iloc[0].to_dict()
+        first.update(
+            feedback_ids=sorted(str(i) for i in group["id"]), votes_up=up, votes_down=down, votes_neutral=neutral,
+            raters=raters, net_vote=(up - down) / raters if raters else float("nan"),
+            agreement=max(up, down, neutral) / raters if raters else float("nan"),
+            rating=sum(r * n for r, n in weighted) / sum(n for _, n in weighted) if weighted else float("nan"),
+            label=label_of_votes(up, down))
+        if "created_at" in group:
+            first["created_at"] = group["created_at"].max()
+        answers.append(first)
+        stats["ties"] += first["label"] == "tie"
+        stats["answers_rated_both_ways"] += bool(up and down)
+    out = pd.DataFrame(answers).drop(columns=["_answer", "_rater", "_counted"])
+    stats["answers"] = len(out)
+    stats["merged_duplicates"] = len(keyed) - len(out)
+    return out, stats
+
+
 def _raters(row) -> int:
+    raters = getattr(row, "raters", None)  # an aggregated answer: its distinct raters
+    if isinstance(raters, (int, float)) and not isinstance(raters, bool) and raters == raters and raters >= 1:
+        return int(raters)
     metadata = getattr(row, "metadata", None)
     if isinstance(metadata, dict):
         votes = sum(int(metadata.get(k) or 0) for k in ("votes_up", "votes_down"))
@@ -131,20 +234,33 @@ def _newest(rows: pd.DataFrame) -> pd.Timestamp | None:
     return pd.Timestamp(rows["created_at"].max())
 
 
+def _ids(row) -> list[str]:
+    ids = getattr(row, "feedback_ids", None)
+    return list(ids) if isinstance(ids, (list, tuple)) and len(ids) else [str(row.id)]
+
+
 def sft_records(rows: pd.DataFrame, policy: SFTPolicy, newest: pd.Timestamp | None = None) -> list[dict]:
+    """One record per liked row (and disliked, with ``include_disliked``); pass answers from
+    :func:`aggregate_answers` for one record per answer. Ties and neutral rows never teach."""
     records = []
     for row in rows.itertuples(index=False):
-        if row.label == "disliked" and not policy.include_disliked:
+        if row.label not in ("liked", "disliked") or (row.label == "disliked" and not policy.include_disliked):
             continue
         records.append({"messages": [*prompt_messages(row), {"role": "assistant", "content": row.response}],
-                        "weight": example_weight(row, policy, newest), "feedback_id": row.id, "label": row.label})
+                        "weight": example_weight(row, policy, newest), "feedback_id": row.id, "label": row.label,
+                        "feedback_ids": _ids(row)})
     return records
 
 
-def kto_records(rows: pd.DataFrame) -> list[dict]:
+def kto_records(rows: pd.DataFrame, tie_policy: TiePolicy = "drop") -> list[dict]:
+    """One record per liked/disliked row (answer); a tie only with ``tie_policy="neutral"``, labelled ``None``."""
+    if tie_policy not in ("drop", "neutral"):
+        raise ValueError(f"tie_policy must be 'drop' or 'neutral', got {tie_policy!r}")
+    keep = ("liked", "disliked", "tie") if tie_policy == "neutral" else ("liked", "disliked")
     return [{"prompt": prompt_messages(row), "completion": [{"role": "assistant", "content": row.response}],
-             "label": row.label == "liked", "feedback_id": row.id}
-            for row in rows.itertuples(index=False)]
+             "label": None if row.label == "tie" else row.label == "liked", "feedback_id": row.id,
+             "feedback_ids": _ids(row)}
+            for row in rows.itertuples(index=False) if row.label in keep]
 
 
 def cap_size(lines: list[str], records: list[dict], max_bytes: int) -> tuple[list[str], list[dict]]:
@@ -194,7 +310,8 @@ def write_dataset(name: str, root: Path, by_split: dict[str, list[dict]], label_
         counts={split: len(records) for split, records in by_split.items()},
         label_balance={split: pd.Series([label_of(r) for r in records]).value_counts().to_dict()
                        for split, records in by_split.items()},
-        feedback_ids={split: [r["feedback_id"] for r in records] for split, records in by_split.items()},
+        feedback_ids={split: [i for r in records for i in r.get("feedback_ids") or [r["feedback_id"]]]
+                      for split, records in by_split.items()},
         data_watermark=data_watermark, params=params,
         stats={**(stats or {}), "dropped_for_size": dropped,
                "bytes": {split: (directory / f"{split}.jsonl").stat().st_size for split in lines}})
@@ -206,18 +323,34 @@ def _split_stats(rows: pd.DataFrame) -> dict:
     return {"users_on_both_sides": users_on_both_sides(rows, rows["split"]) if len(rows) else 0}
 
 
+def rated_answers(cleaned: pd.DataFrame, eval_fraction: float, by_user: bool = True) -> tuple[
+        pd.DataFrame, pd.DataFrame, dict[str, int]]:
+    """The rated usable rows with their split, and their answers (:func:`aggregate_answers`, neutral votes
+    included in each answer's raters) with the merge counts."""
+    rows = split_rows(cleaned, eval_fraction, by_user)
+    rated = rows[rows["label"].isin(["liked", "disliked", "neutral"])] if "label" in rows else rows.iloc[:0]
+    answers, stats = aggregate_answers(rated)
+    return rated[rated["label"].isin(["liked", "disliked"])], answers, stats
+
+
 def sft_records_by_split(cleaned: pd.DataFrame, policy: SFTPolicy) -> tuple[pd.DataFrame, dict[str, list[dict]]]:
-    """The trainable rows and their SFT records per split: what ``sft_dataset`` writes and the export streams."""
-    rows = trainable_rows(cleaned, policy.eval_fraction, policy.split_by_user)
+    """The trainable rows and their SFT records per split (one per answer): what ``sft_dataset`` writes and the
+    export streams."""
+    rows, answers, _ = rated_answers(cleaned, policy.eval_fraction, policy.split_by_user)
     newest = _newest(rows)
-    return rows, {split: sft_records(rows[rows["split"] == split], policy, newest) for split in ("train", "eval")}
+    return rows, {split: sft_records(answers[answers["split"] == split], policy, newest) if len(answers) else []
+                  for split in ("train", "eval")}
 
 
 def build_sft_dataset(cleaned: pd.DataFrame, root: Path, policy: SFTPolicy = SFTPolicy(),
                       name: str = "sft") -> BuiltDataset:
-    rows, by_split = sft_records_by_split(cleaned, policy)
+    rows, answers, aggregation = rated_answers(cleaned, policy.eval_fraction, policy.split_by_user)
+    newest = _newest(rows)
+    by_split = {split: sft_records(answers[answers["split"] == split], policy, newest) if len(answers) else []
+                for split in ("train", "eval")}
     weights = pd.Series([r["weight"] for r in by_split["train"]], dtype=float)
-    stats = {**_split_stats(rows), "train_weight": {"min": weights.min(), "mean": weights.mean(), "max": weights.max()}
+    stats = {**_split_stats(rows), "aggregation": aggregation,
+             "train_weight": {"min": weights.min(), "mean": weights.mean(), "max": weights.max()}
              if len(weights) else {}}
     return write_dataset(name, root, by_split, lambda r: r["label"], asdict(policy), _watermark(cleaned),
                          policy.min_train_examples, policy.max_file_mb, stats)
@@ -225,12 +358,22 @@ def build_sft_dataset(cleaned: pd.DataFrame, root: Path, policy: SFTPolicy = SFT
 
 def build_kto_dataset(cleaned: pd.DataFrame, root: Path, eval_fraction: float = 0.15,
                       min_train_examples: int = 20, split_by_user: bool = True, max_file_mb: float = 50.0,
-                      name: str = "kto") -> BuiltDataset:
-    rows = trainable_rows(cleaned, eval_fraction, split_by_user)
-    by_split = {split: kto_records(rows[rows["split"] == split]) for split in ("train", "eval")}
-    return write_dataset(name, root, by_split, lambda r: "liked" if r["label"] else "disliked",
-                         {"eval_fraction": eval_fraction, "split_by_user": split_by_user, "max_file_mb": max_file_mb},
-                         _watermark(cleaned), min_train_examples, max_file_mb, _split_stats(rows))
+                      name: str = "kto", tie_policy: TiePolicy = "drop") -> BuiltDataset:
+    """One labelled record per answer; ties per ``tie_policy`` ('drop', or 'neutral': kept in ``neutral.jsonl``)."""
+    rows, answers, aggregation = rated_answers(cleaned, eval_fraction, split_by_user)
+    records = {split: kto_records(answers[answers["split"] == split], tie_policy) if len(answers) else []
+               for split in ("train", "eval")}
+    by_split = {split: [r for r in recs if r["label"] is not None] for split, recs in records.items()}
+    neutral = [{**r, "split": split} for split, recs in records.items() for r in recs if r["label"] is None]
+    if tie_policy == "neutral":
+        by_split["neutral"] = neutral
+    stats = {**_split_stats(rows), "aggregation": {**aggregation, "ties_dropped": 0 if tie_policy == "neutral"
+                                                   else aggregation["ties"], "ties_neutral": len(neutral)}}
+    params = {"eval_fraction": eval_fraction, "split_by_user": split_by_user, "max_file_mb": max_file_mb,
+              "tie_policy": tie_policy}
+    return write_dataset(name, root, by_split, lambda r: "neutral" if r["label"] is None else
+                         "liked" if r["label"] else "disliked",
+                         params, _watermark(cleaned), min_train_examples, max_file_mb, stats)
 
 
 def read_jsonl(path: Path) -> list[dict]:

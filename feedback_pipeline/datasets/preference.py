@@ -1,20 +1,28 @@
-"""DPO preference pairs from feedback: two responses to the same prompt, one preferred over the other.
+"""DPO preference pairs from feedback: two answers to the same prompt, one preferred over the other.
 
-Two sources of "A is better than B":
+Rows are first merged into answers (``build.aggregate_answers``: the same history + query + response, compared
+lower-cased with whitespace collapsed; one vote per rater), so copies of an answer make one pair, never several.
+Each pair of answers then gets votes for a direction from two sources:
 
 - ``rank``: oasst1-style sibling ranks. Replies to the same parent message (``metadata["parent_id"]``, and hence
-  the same history and query) carry ``metadata["rank"]``, 0 = best. Every two siblings with different ranks give a
-  pair, the better-ranked one chosen.
-- ``thumbs``: a liked and a disliked response to the same normalised prompt (history + query, compared after
-  lower-casing and collapsing whitespace). Every liked x disliked combination gives a pair.
+  the same prompt) carry ``metadata["rank"]``, 0 = best. Two siblings with different ranks give one vote to the
+  better-ranked; two rows of the same answer in one ranking are not compared.
+- ``thumbs``: two answers to the same prompt whose raters' verdicts differ by level (liked > tie or neutral >
+  disliked; a tie is an answer as often liked as disliked), the higher one chosen. Each rater's thumb is a vote:
+  for the direction are the chosen's likes and the rejected's dislikes, against it the chosen's dislikes and the
+  rejected's likes; the agreement is the share for. Two answers both liked (or both disliked) are not paired.
 
-A couple of responses already paired by rank is not paired again by thumbs (rank wins, even when the thumbs
-disagree: a ranking compares the two directly, thumbs do not). Identical responses are never paired.
+A pair ranked directly is decided by its rank votes only (a ranking compares the two, thumbs do not). A pair is
+emitted once, in its majority direction, when that direction has a strict majority and at least ``min_agreement``
+(default 0.6: 2 of 3 raters pass, 3 of 5 just do) of the votes; otherwise it is dropped, never emitted both ways.
+An answer is never paired with itself. The manifest's ``stats["pairs"]`` counts the votes, the distinct pairs,
+those dropped as ties or for low agreement and those decided against a minority of reversed votes.
 
 Record format (trl's conversational preference format plus provenance)::
 
     {"prompt": [messages], "chosen": [{"role": "assistant", ...}], "rejected": [{"role": "assistant", ...}],
-     "chosen_id": id, "rejected_id": id, "source": "rank" | "thumbs", "feedback_id": "<chosen_id>><rejected_id>"}
+     "chosen_id": id, "rejected_id": id, "source": "rank" | "thumbs", "votes": n, "agreement": share,
+     "feedback_id": "<chosen_id>><rejected_id>", "feedback_ids": [every merged row of both answers]}
 """
 
 from __future__ import annotations
@@ -27,8 +35,14 @@ from pathlib import Path
 import pandas as pd
 
 from feedback_pipeline.datasets.build import (
-    BuiltDataset, _split_stats, _watermark, prompt_messages, split_rows, usable_rows, write_dataset,
+    BuiltDataset, _split_stats, _watermark, aggregate_answers, answer_key, prompt_messages, split_rows, usable_rows,
+    write_dataset,
 )
+
+MIN_AGREEMENT = 0.6
+# Thumbs pair an answer with one a level below: liked > tie or neutral (as many likes as dislikes, or only
+# neutral votes) > disliked. Two liked (or two disliked) answers are not compared: both were judged alike.
+_LEVEL = {"liked": 2, "tie": 1, "neutral": 1, "disliked": 0}
 
 
 def _norm(text: str) -> str:
@@ -51,61 +65,100 @@ def _rank_of(metadata) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _pair(prompt, chosen, rejected, source: str) -> dict:
-    return {"prompt": prompt,
+def _pair(chosen, rejected, source: str, votes: int, agreement: float) -> dict:
+    return {"prompt": prompt_messages(chosen),
             "chosen": [{"role": "assistant", "content": chosen.response}],
             "rejected": [{"role": "assistant", "content": rejected.response}],
             "chosen_id": chosen.id, "rejected_id": rejected.id, "source": source,
-            "feedback_id": f"{chosen.id}>{rejected.id}"}
+            "votes": votes, "agreement": round(agreement, 4),
+            "feedback_id": f"{chosen.id}>{rejected.id}",
+            "feedback_ids": sorted({*chosen.feedback_ids, *rejected.feedback_ids})}
 
 
-def dpo_pairs(df: pd.DataFrame) -> list[dict]:
-    """Chosen/rejected pairs between responses to the same prompt (see the module docstring), in a stable order.
+def _answers(df: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, str]]:
+    """Every usable row merged into its answer (rated or not: a ranked sibling needs no thumb); row id -> answer."""
+    answers, _ = aggregate_answers(df if "rating" in df else df.assign(rating=math.nan))
+    if "label" not in df:  # no thumbs to pair
+        answers["label"] = None
+    keys = {answer_key(r): r.id for r in answers.itertuples(index=False)}
+    return answers, {str(r.id): keys[answer_key(r)] for r in df.itertuples(index=False)}
+
+
+def dpo_pairs(df: pd.DataFrame, min_agreement: float = MIN_AGREEMENT, stats: dict | None = None) -> list[dict]:
+    """Chosen/rejected pairs between answers to the same prompt (see the module docstring), in a stable order.
 
     ``df`` needs ``id``, ``query``, ``history``, ``response``; ``metadata`` (with ``rank``/``parent_id``) for rank
-    pairs and ``label`` ('liked'/'disliked') for thumbs pairs. Rows flagged ``exclude_from_training`` are skipped.
+    pairs and ``label`` + ``rating`` for thumbs pairs. Rows flagged ``exclude_from_training`` are skipped. Pass a
+    dict as ``stats`` to receive the counts.
     """
     df = usable_rows(df)
-    rows = list(df.itertuples(index=False))
-    prompts = [prompt_messages(r) for r in rows]
-    keys = [prompt_key(p) for p in prompts]
-    pairs: list[dict] = []
-    paired: set[frozenset] = set()
+    counts = {"rank_votes": 0, "thumbs_pairs": 0, "distinct_pairs": 0, "emitted": 0, "dropped_ties": 0,
+              "dropped_low_agreement": 0, "decided_over_reversed_votes": 0, "merged_duplicate_votes": 0}
+    if stats is not None:
+        stats.update(counts)
+    if df.empty:
+        return []
+    answers, answer_of = _answers(df)
+    by_id = {r.id: r for r in answers.itertuples(index=False)}
+    prompt_of = {r.id: prompt_key(prompt_messages(r)) for r in answers.itertuples(index=False)}
 
-    # Siblings: same parent message and, as a guard against inconsistent data, the same prompt text. Ranks without
-    # a parent are not comparable with anything (they come from different ranking tasks).
-    siblings: dict[tuple, list[int]] = defaultdict(list)
-    for i, row in enumerate(rows):
+    # votes[(a, b)] with a < b: [votes for a over b, votes for b over a]
+    rank_votes: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
+    siblings: dict[tuple, list] = defaultdict(list)
+    for row in df.itertuples(index=False):
         metadata = getattr(row, "metadata", None)
-        if _rank_of(metadata) is None or not metadata.get("parent_id"):
-            continue
-        siblings[(str(metadata["parent_id"]), keys[i])].append(i)
+        rank = _rank_of(metadata)
+        if rank is not None and metadata.get("parent_id"):
+            answer = answer_of[str(row.id)]
+            siblings[(str(metadata["parent_id"]), prompt_of[answer])].append((rank, answer))
     for group in sorted(siblings):
-        members = sorted(siblings[group], key=lambda i: (_rank_of(rows[i].metadata), str(rows[i].id)))
-        for a, i in enumerate(members):
-            for j in members[a + 1:]:
-                better, worse = rows[i], rows[j]
-                tied = _rank_of(better.metadata) == _rank_of(worse.metadata)
-                if tied or _norm(better.response) == _norm(worse.response):
+        members = siblings[group]
+        for i, (rank_i, a) in enumerate(members):
+            for rank_j, b in members[i + 1:]:
+                if a == b or rank_i == rank_j:
                     continue
-                pairs.append(_pair(prompts[i], better, worse, "rank"))
-                paired.add(frozenset((better.id, worse.id)))
+                better, worse = (a, b) if rank_i < rank_j else (b, a)
+                key = tuple(sorted((better, worse)))
+                rank_votes[key][0 if better == key[0] else 1] += 1
+                counts["rank_votes"] += 1
 
-    if "label" in df:
-        by_prompt: dict[str, dict[str, list[int]]] = defaultdict(lambda: {"liked": [], "disliked": []})
-        for i, row in enumerate(rows):
-            if row.label in ("liked", "disliked"):
-                by_prompt[keys[i]][row.label].append(i)
-        for key in sorted(by_prompt):
-            liked = sorted(by_prompt[key]["liked"], key=lambda i: str(rows[i].id))
-            disliked = sorted(by_prompt[key]["disliked"], key=lambda i: str(rows[i].id))
-            for i in liked:
-                for j in disliked:
-                    good, bad = rows[i], rows[j]
-                    if frozenset((good.id, bad.id)) in paired or _norm(good.response) == _norm(bad.response):
-                        continue
-                    pairs.append(_pair(prompts[i], good, bad, "thumbs"))
-                    paired.add(frozenset((good.id, bad.id)))
+    pairs: list[dict] = []
+
+    def decide(key: tuple[str, str], for_first: int, for_second: int, source: str) -> None:
+        counts["distinct_pairs"] += 1
+        total = for_first + for_second
+        if for_first == for_second:
+            counts["dropped_ties"] += 1
+            return
+        agreement = max(for_first, for_second) / total
+        if agreement < min_agreement:
+            counts["dropped_low_agreement"] += 1
+            return
+        counts["decided_over_reversed_votes"] += bool(min(for_first, for_second))
+        chosen, rejected = key if for_first > for_second else key[::-1]
+        pairs.append(_pair(by_id[chosen], by_id[rejected], source, total, agreement))
+
+    for key in sorted(rank_votes):
+        counts["merged_duplicate_votes"] += sum(rank_votes[key]) - 1
+        decide(key, *rank_votes[key], "rank")
+
+    by_prompt: dict[str, list] = defaultdict(list)
+    for answer in answers.itertuples(index=False):
+        if answer.label in _LEVEL and (answer.label != "neutral" or answer.raters):
+            by_prompt[prompt_of[answer.id]].append(answer)
+    for prompt in sorted(by_prompt):
+        members = sorted(by_prompt[prompt], key=lambda a: str(a.id))
+        for good in members:
+            for bad in members:
+                if _LEVEL[good.label] <= _LEVEL[bad.label] or (key := tuple(sorted((good.id, bad.id)))) in rank_votes:
+                    continue
+                counts["thumbs_pairs"] += 1
+                agree = good.votes_up + bad.votes_down
+                against = good.raters + bad.raters - agree
+                decide(key, *((agree, against) if key[0] == good.id else (against, agree)), "thumbs")
+    counts["emitted"] = len(pairs)
+    if stats is not None:
+        stats.update(counts)
     return pairs
 
 
@@ -128,14 +181,16 @@ def split_pairs(rows: pd.DataFrame, pairs: list[dict]) -> dict[str, list[dict]]:
 
 def build_dpo_dataset(cleaned_df: pd.DataFrame, root: Path, eval_fraction: float = 0.15,
                       min_train_examples: int = 20, split_by_user: bool = True, max_file_mb: float = 50.0,
-                      name: str = "dpo") -> BuiltDataset:
+                      name: str = "dpo", min_agreement: float = MIN_AGREEMENT) -> BuiltDataset:
     """Write ``<root>/dpo/<fingerprint>/{train,eval}.jsonl`` of preference pairs, split by prompt group.
 
     Unrated rows stay in: a ranked sibling needs no thumb. The split is :func:`build.split_rows` over every usable
     row, as for SFT and KTO, so a prompt's side does not depend on which of its responses happened to be paired.
     """
     rows = split_rows(cleaned_df, eval_fraction, split_by_user)
-    by_split = split_pairs(rows, dpo_pairs(rows))
+    counts: dict = {}
+    by_split = split_pairs(rows, dpo_pairs(rows, min_agreement, counts))
     return write_dataset(name, Path(root), by_split, lambda r: r["source"],
-                         {"eval_fraction": eval_fraction, "split_by_user": split_by_user, "max_file_mb": max_file_mb},
-                         _watermark(cleaned_df), min_train_examples, max_file_mb, _split_stats(rows))
+                         {"eval_fraction": eval_fraction, "split_by_user": split_by_user, "max_file_mb": max_file_mb,
+                          "min_agreement": min_agreement},
+                         _watermark(cleaned_df), min_train_examples, max_file_mb, {**_split_stats(rows), "pairs": counts})

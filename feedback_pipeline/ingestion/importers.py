@@ -18,7 +18,7 @@ from typing import Iterable, Iterator
 from feedback_pipeline.ingestion.records import FeedbackValidationError
 from feedback_pipeline.ingestion.strict import MAX_BODY_BYTES, parse_json, validate_record
 from feedback_pipeline.store.bulk import chunk_writer
-from feedback_pipeline.store.repository import FeedbackStore, WriteResult
+from feedback_pipeline.store.repository import CONFLICT_REASON, FeedbackStore, WriteResult
 
 # FeedbackQA's four answer grades, onto our [-1, 1] scale (Excellent/Acceptable like, the others dislike).
 FEEDBACKQA_GRADES = {"Excellent": 1.0, "Acceptable": 0.5, "Could be Improved": -0.5, "Bad": -1.0}
@@ -49,17 +49,21 @@ class ImportReport:
             self.rejected.append({"line": line, "field": "line" if error.field == "body" else error.field,
                                   "reason": error.reason})
 
-    def add(self, result: WriteResult | None) -> None:
+    def add(self, result: WriteResult | None, lines: list[int] | None = None) -> None:
+        """Count a written chunk; its conflicts (``lines``: the chunk's line numbers) are rejected by line."""
         if result is None:
             return
+        for position in result.conflict_positions:
+            self.reject(lines[position] if lines else position + 1, FeedbackValidationError("id", CONFLICT_REASON))
         w = self.written or WriteResult(0, 0, 0)
         self.written = WriteResult(w.received + result.received, w.inserted + result.inserted,
-                                   w.updated + result.updated)
+                                   w.updated + result.updated, w.conflicts + result.conflicts)
 
     def summary(self) -> dict:
         w = self.written or WriteResult(0, 0, 0)
         return {"source": self.source, "read": self.read, "inserted": w.inserted, "updated": w.updated,
-                "unchanged": w.unchanged, "rejected": self.rejected_count, "skipped": self.skipped}
+                "unchanged": w.unchanged, "conflicts": w.conflicts, "rejected": self.rejected_count,
+                "skipped": self.skipped}
 
 
 def import_records(store: FeedbackStore, records: Iterable[dict | Line], source: str,
@@ -71,18 +75,20 @@ def import_records(store: FeedbackStore, records: Iterable[dict | Line], source:
     """
     report = report if report is not None else ImportReport(source=source)
     rows = _valid_rows(records, source, report)
+    lines: list[int] = []  # line numbers of the chunk in flight, to report its conflicts
     with chunk_writer(store) as writer:
         try:
             while chunk := list(itertools.islice(rows, chunk_size)):
-                report.add(writer.submit(chunk))
+                report.add(writer.submit([row for _, row in chunk]), lines)
+                lines = [number for number, _ in chunk]
         except OSError:  # the file failed mid-way: still count the chunk already in flight
-            report.add(writer.flush())
+            report.add(writer.flush(), lines)
             raise
-        report.add(writer.flush())
+        report.add(writer.flush(), lines)
     return report
 
 
-def _valid_rows(records: Iterable[dict | Line], source: str, report: ImportReport) -> Iterator[dict]:
+def _valid_rows(records: Iterable[dict | Line], source: str, report: ImportReport) -> Iterator[tuple[int, dict]]:
     for position, item in enumerate(records, start=1):
         number, value = (item.number, item.value) if isinstance(item, Line) else (position, item)
         report.read += 1
@@ -94,7 +100,7 @@ def _valid_rows(records: Iterable[dict | Line], source: str, report: ImportRepor
         except FeedbackValidationError as exc:
             report.reject(number, exc)
             continue
-        yield row
+        yield number, row
 
 
 def read_jsonl(path: Path) -> Iterator[Line]:

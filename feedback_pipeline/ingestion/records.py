@@ -2,7 +2,11 @@
 
 Applications send feedback in many shapes (thumbs, stars, up/down words). Everything is normalised onto
 ``rating`` in [-1, 1] with the thumb derived from it, and the original kept in ``rating_raw``.
-A record that cannot be understood raises ``FeedbackValidationError`` naming the field and the reason.
+A record that cannot be understood raises ``FeedbackValidationError`` naming the field and the reason. The rules
+every entry point shares (service, importers, CLI) live here: numbers must be finite (NaN and Infinity are
+rejected, never read as "no value"), a boolean is a thumb for ``rating`` but never a number (``stars: true``,
+``latency_ms: true``, ``message_index: false`` are rejected), and ``created_at`` / ``updated_at`` must lie in
+``EARLIEST`` .. now + ``FUTURE_SLACK``.
 """
 
 from __future__ import annotations
@@ -10,8 +14,12 @@ from __future__ import annotations
 import json
 import math
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
+
+# The documented window of feedback timestamps: nothing was rated before 2000, and a clock a day fast is tolerated.
+EARLIEST = datetime(2000, 1, 1, tzinfo=timezone.utc)
+FUTURE_SLACK = timedelta(days=1)
 
 # Stable namespace so a re-imported record without an id gets the same id again (idempotent imports).
 _ID_NAMESPACE = uuid.UUID("6f1c1c4e-9a52-4c57-9d0e-6a0f1b7c2e11")
@@ -55,14 +63,19 @@ def stars_to_rating(stars: int) -> float:
 
 def parse_rating(record: dict[str, Any]) -> dict[str, Any]:
     """Read ``stars`` (1-5) or ``rating`` (thumb, word or number in [-1, 1]) into the stored rating fields."""
-    stars, rating = record.get("stars", record.get("rating_stars")), record.get("rating")
+    star_field = "stars" if "stars" in record else "rating_stars"
+    stars, rating = record.get(star_field), record.get("rating")
+    _finite(stars, star_field)
+    _finite(rating, "rating")
+    if isinstance(stars, bool):
+        raise FeedbackValidationError(star_field, f"must be a whole number from 1 to 5, got {stars!r}")
     if _present(stars):
         try:
             value = float(stars)
         except (TypeError, ValueError):
-            raise FeedbackValidationError("stars", f"must be a number from 1 to 5, got {stars!r}") from None
+            raise FeedbackValidationError(star_field, f"must be a number from 1 to 5, got {stars!r}") from None
         if not value.is_integer() or not 1 <= value <= 5:
-            raise FeedbackValidationError("stars", f"must be a whole number from 1 to 5, got {stars!r}")
+            raise FeedbackValidationError(star_field, f"must be a whole number from 1 to 5, got {stars!r}")
         normalised = stars_to_rating(int(value))
         return {"rating": normalised, "rating_thumb": thumb_of(normalised), "rating_stars": int(value),
                 "rating_raw": str(stars), "rating_scale": "stars"}
@@ -98,8 +111,8 @@ def normalise_record(record: dict[str, Any], source: str, now: datetime | None =
     for name in _TEXT_FIELDS:
         row[name] = _optional_text(record, name)
     row.update(parse_rating(record))
-    row["created_at"] = _timestamp(record, "created_at", now)
-    row["updated_at"] = _timestamp(record, "updated_at", row["created_at"])
+    row["created_at"] = _timestamp(record, "created_at", now, now)
+    row["updated_at"] = _timestamp(record, "updated_at", row["created_at"], now)
     row["ingested_at"] = now
     row["message_index"] = _optional_int(record, "message_index", minimum=0)
     row["prompt_tokens"] = _optional_int(record, "prompt_tokens", minimum=0)
@@ -116,6 +129,12 @@ def normalise_record(record: dict[str, Any], source: str, now: datetime | None =
     row["experiment"] = row["arm"] = None
     row["id"] = _record_id(record, row)
     return {name: row[name] for name in COLUMNS}
+
+
+def _finite(value: Any, name: str) -> None:
+    """NaN and Infinity are never "no value": a client that sends them has a bug worth hearing about."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise FeedbackValidationError(name, f"must be a finite number, got {value!r}")
 
 
 def _present(value: Any) -> bool:
@@ -141,8 +160,11 @@ def _optional_text(record: dict, name: str) -> str | None:
 
 def _optional_int(record: dict, name: str, minimum: int) -> int | None:
     value = record.get(name)
+    _finite(value, name)
     if not _present(value):
         return None
+    if isinstance(value, bool):
+        raise FeedbackValidationError(name, f"must be a whole number, got {value!r}")
     try:
         number = float(value)
     except (TypeError, ValueError):
@@ -154,21 +176,27 @@ def _optional_int(record: dict, name: str, minimum: int) -> int | None:
 
 def _optional_number(record: dict, name: str) -> float | None:
     value = record.get(name)
+    _finite(value, name)
     if not _present(value):
         return None
+    if isinstance(value, bool):
+        raise FeedbackValidationError(name, f"must be a number, got {value!r}")
     try:
         number = float(value)
     except (TypeError, ValueError):
         raise FeedbackValidationError(name, f"must be a number, got {value!r}") from None
-    if math.isnan(number) or number < 0:
+    if not math.isfinite(number) or number < 0:
         raise FeedbackValidationError(name, f"must be a non-negative number, got {value!r}")
     return number
 
 
-def _timestamp(record: dict, name: str, default: datetime) -> datetime:
+def _timestamp(record: dict, name: str, default: datetime, now: datetime | None = None) -> datetime:
+    """An aware UTC timestamp inside ``EARLIEST`` .. ``now`` + ``FUTURE_SLACK`` (``default`` when absent)."""
     value = record.get(name)
     if not _present(value):
         return default
+    if isinstance(value, bool):
+        raise FeedbackValidationError(name, f"must be an ISO-8601 timestamp, got {value!r}")
     if isinstance(value, datetime):
         parsed = value
     else:
@@ -177,7 +205,15 @@ def _timestamp(record: dict, name: str, default: datetime) -> datetime:
         except ValueError:
             raise FeedbackValidationError(name, f"must be an ISO-8601 timestamp, got {value!r}") from None
     # Naive timestamps are taken as UTC: applications that log local time must say so explicitly.
-    return parsed.replace(tzinfo=timezone.utc) if parsed.tzinfo is None else parsed.astimezone(timezone.utc)
+    try:
+        parsed = parsed.replace(tzinfo=timezone.utc) if parsed.tzinfo is None else parsed.astimezone(timezone.utc)
+    except (OverflowError, ValueError):  # year 1 or 9999 moved out of range by its offset
+        raise FeedbackValidationError(name, f"is a timestamp out of range, got {value!r}") from None
+    latest = (now or datetime.now(timezone.utc)) + FUTURE_SLACK
+    if not EARLIEST <= parsed <= latest:
+        raise FeedbackValidationError(
+            name, f"must lie between {EARLIEST.date()} and now + {FUTURE_SLACK.days} day, got {parsed.isoformat()}")
+    return parsed
 
 
 def _decode_json(record: dict, name: str) -> Any:

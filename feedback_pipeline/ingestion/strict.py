@@ -14,10 +14,10 @@ from __future__ import annotations
 import json
 import math
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Any
 
-from feedback_pipeline.ingestion.records import FeedbackValidationError, normalise_record
+from feedback_pipeline.ingestion.records import EARLIEST, FUTURE_SLACK, FeedbackValidationError, normalise_record
 
 MAX_BODY_BYTES = 1024 * 1024
 MAX_DEPTH = 32
@@ -26,8 +26,6 @@ MAX_LONG_TEXT = 100_000
 MAX_SHORT_TEXT = 512
 MAX_JSON_BYTES = 256 * 1024
 _LONG_TEXT = ("query", "response", "comment")
-EARLIEST = datetime(2000, 1, 1, tzinfo=timezone.utc)
-FUTURE_SLACK = timedelta(days=1)
 _INT32 = (-(2**31), 2**31 - 1)
 _INT_COLUMNS = {"message_index": _INT32, "prompt_tokens": _INT32, "completion_tokens": _INT32,
                 "rating_thumb": (-1, 1), "rating_stars": (1, 5)}

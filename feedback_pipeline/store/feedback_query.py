@@ -16,7 +16,8 @@ import pandas as pd
 import sqlalchemy as sa
 
 from feedback_pipeline.ingestion.records import COLUMNS
-from feedback_pipeline.store.repository import FEEDBACK, FeedbackStore, _TIME_COLUMNS, _to_db_time, _utc
+from feedback_pipeline.store.repository import (FEEDBACK, FeedbackStore, _TIME_COLUMNS, _to_db_time, _utc,
+                                                 utc_column)
 
 RATINGS = {"liked": FEEDBACK.c.rating_thumb == 1, "disliked": FEEDBACK.c.rating_thumb == -1,
            "neutral": FEEDBACK.c.rating_thumb == 0, "unrated": FEEDBACK.c.rating_thumb.is_(None)}
@@ -94,5 +95,5 @@ def read_filtered_frame(store: FeedbackStore, flt: FeedbackFilter) -> pd.DataFra
         records = [plain_row(r) for r in conn.execute(query)]
     frame = pd.DataFrame.from_records(records, columns=list(COLUMNS))
     for name in _TIME_COLUMNS:
-        frame[name] = pd.to_datetime(frame[name], utc=True)
+        frame[name] = utc_column(frame[name])
     return frame

@@ -44,6 +44,9 @@ _TIME_COLUMNS = ("created_at", "updated_at", "ingested_at")
 _MUTABLE = ("updated_at", "rating", "rating_thumb", "rating_stars", "rating_raw", "rating_scale", "comment", "metadata")
 # A re-sent record counts as a change only when what the user said changed, not merely its timestamp.
 _CHANGE = ("rating", "rating_raw", "comment")
+# What a record is about: a known id sent again with another query or response is a conflict, never merged.
+_IDENTITY = ("query", "response")
+CONFLICT_REASON = "is already stored with a different query or response (a conflict: not merged)"
 
 
 @dataclass(frozen=True)
@@ -51,10 +54,12 @@ class WriteResult:
     received: int
     inserted: int
     updated: int
+    conflicts: int = 0
+    conflict_positions: tuple[int, ...] = ()  # positions, among the rows given, of the conflicts (not written)
 
     @property
     def unchanged(self) -> int:
-        return self.received - self.inserted - self.updated
+        return self.received - self.inserted - self.updated - self.conflicts
 
 
 class FeedbackStore:
@@ -95,43 +100,59 @@ class FeedbackStore:
             self._engine = None
 
     def write(self, rows: Iterable[dict], chunk_size: int = 500) -> WriteResult:
-        """Insert new records; a known id is updated only when its ``updated_at`` is newer (a re-rating).
+        """Insert new records; a known id is updated only when its ``updated_at`` is newer (a re-rating). A known id
+        sent with another query or response is a conflict: not written, counted in ``conflicts`` and
+        ``conflict_positions``.
 
-        All rows are written in one transaction: when this returns, every row is committed.
+        All other rows are written in one transaction: when this returns, every one of them is committed.
         """
         with self.engine.begin() as conn:
             return self.write_in(conn, rows, chunk_size)[0]
 
     def write_in(self, conn: sa.Connection, rows: Iterable[dict], chunk_size: int = 500,
                  fresh: bool = False) -> tuple[WriteResult, list[str]]:
-        """``write`` inside the caller's transaction; also each row's outcome: inserted, updated or unchanged.
+        """``write`` inside the caller's transaction; also each row's outcome: inserted, updated, unchanged or
+        conflict (the id is stored, or came earlier in ``rows``, with another query or response: not written).
         ``fresh``: the caller just minted the ids (uuid4), so the lookup of known rows is skipped."""
         rows = [_to_db(row, self.dialect) for row in rows]
         stmt = _upsert(self.dialect)
         outcomes: list[str] = []
+        n_change = len(_CHANGE)
         for start in range(0, len(rows), chunk_size):
             chunk = rows[start:start + chunk_size]
             ids = [r["id"] for r in chunk]
-            known = {} if fresh else {str(r.id): (_utc(r.updated_at), tuple(r[2:])) for r in conn.execute(
-                sa.select(FEEDBACK.c.id, FEEDBACK.c.updated_at, *(FEEDBACK.c[n] for n in _CHANGE))
-                .where(FEEDBACK.c.id.in_(ids)))}
-            conn.execute(stmt, chunk)
+            known = {} if fresh else {
+                str(r.id): (_utc(r.updated_at), tuple(r[2:2 + n_change]), tuple(r[2 + n_change:]))
+                for r in conn.execute(
+                    sa.select(FEEDBACK.c.id, FEEDBACK.c.updated_at, *(FEEDBACK.c[n] for n in _CHANGE + _IDENTITY))
+                    .where(FEEDBACK.c.id.in_(ids)))}
+            written = []
             for r in chunk:  # mirror the statement's decision to report what happened
-                state = (_utc(r["updated_at"]), tuple(r[n] for n in _CHANGE))
+                state = (_utc(r["updated_at"]), tuple(r[n] for n in _CHANGE), tuple(r[n] for n in _IDENTITY))
                 if r["id"] not in known:
                     outcomes.append("inserted")
                     known[r["id"]] = state
+                elif known[r["id"]][2] != state[2]:
+                    outcomes.append("conflict")
+                    continue
                 elif known[r["id"]][0] < state[0] and known[r["id"]][1] != state[1]:
                     outcomes.append("updated")
                     known[r["id"]] = state
                 else:
                     outcomes.append("unchanged")
-        result = WriteResult(received=len(rows), inserted=outcomes.count("inserted"), updated=outcomes.count("updated"))
+                written.append(r)
+            if written:
+                conn.execute(stmt, written)
+        conflicts = tuple(i for i, outcome in enumerate(outcomes) if outcome == "conflict")
+        result = WriteResult(received=len(rows), inserted=outcomes.count("inserted"), updated=outcomes.count("updated"),
+                             conflicts=len(conflicts), conflict_positions=conflicts)
         return result, outcomes
 
     def read_frame(self, start: datetime | None = None, end: datetime | None = None,
                    column: str = "created_at") -> pd.DataFrame:
-        """All feedback rows (optionally ``start <= column < end``) as a DataFrame with UTC timestamps."""
+        """All feedback rows (optionally ``start <= column < end``) as a DataFrame with UTC timestamps; a stored
+        timestamp pandas cannot hold (before 1677 or after 2262, written before the door checked the window) reads
+        as NaT, never an error, and cleaning rejects its row."""
         query = sa.select(FEEDBACK).order_by(FEEDBACK.c.created_at, FEEDBACK.c.id)
         if start is not None:
             query = query.where(FEEDBACK.c[column] >= _to_db_time(start, self.dialect))
@@ -141,7 +162,7 @@ class FeedbackStore:
             records = [dict(r._mapping) for r in conn.execute(query)]
         frame = pd.DataFrame.from_records(records, columns=list(COLUMNS))
         for name in _TIME_COLUMNS:
-            frame[name] = pd.to_datetime(frame[name].map(_utc), utc=True)
+            frame[name] = utc_column(frame[name])
         frame["id"] = frame["id"].astype(str)
         return frame
 
@@ -179,6 +200,7 @@ def _upsert(dialect: str):
         index_elements=["id"],
         set_={name: insert.excluded[name] for name in _MUTABLE},
         where=sa.and_(FEEDBACK.c.updated_at < insert.excluded.updated_at,
+                      *(FEEDBACK.c[n] == insert.excluded[n] for n in _IDENTITY),  # a racing conflict stays unmerged
                       sa.or_(*(FEEDBACK.c[n].is_distinct_from(insert.excluded[n]) for n in _CHANGE))),
     )
 
@@ -197,6 +219,11 @@ def _utc(value):
     if isinstance(value, str):
         value = datetime.fromisoformat(value)
     return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+def utc_column(values: pd.Series) -> pd.Series:
+    """Stored timestamps as a UTC datetime column; one outside pandas' range becomes NaT instead of raising."""
+    return pd.to_datetime(values.map(_utc), utc=True, errors="coerce")
 
 
 def _to_db_time(value: datetime, dialect: str) -> datetime:

@@ -29,7 +29,7 @@ from feedback_pipeline.service.ratelimit import rate_limited
 from feedback_pipeline.store.experiments import attribute
 from feedback_pipeline.store.feedback_query import (RATINGS, BadCursor, FeedbackFilter, list_page, plain_row,
                                                     read_filtered_frame)
-from feedback_pipeline.store.repository import FEEDBACK, FeedbackStore
+from feedback_pipeline.store.repository import CONFLICT_REASON, FEEDBACK, FeedbackStore
 
 router = APIRouter(prefix="/v1/feedback", tags=["feedback"], dependencies=[Depends(rate_limited)])
 SOURCE = "api"
@@ -97,8 +97,9 @@ def _may_change(key: ApiKey, writer: str | None) -> bool:
 
 
 def _save(store: FeedbackStore, rows: list[dict], key: ApiKey, fresh: bool = False) -> list[str]:
-    """Write ``rows`` in one transaction; per row: inserted, updated, unchanged, forbidden (another key's id) or
-    unserved (a response_id no answer had; rows naming a served one are attributed to its variant first).
+    """Write ``rows`` in one transaction; per row: inserted, updated, unchanged, conflict (a known id with another
+    query or response: not written), forbidden (another key's id) or unserved (a response_id no answer had; rows
+    naming a served one are attributed to its variant first).
     ``fresh``: every id was just minted here (uuid4), so no owner can exist and the lookups are skipped."""
     with store.engine.begin() as conn:
         unserved = attribute(conn, rows)
@@ -112,7 +113,8 @@ def _save(store: FeedbackStore, rows: list[dict], key: ApiKey, fresh: bool = Fal
 
 @router.post("", status_code=201, summary="Submit one record; 201 = committed, 200 = already stored",
              openapi_extra=RECORD_BODY,
-             responses={409: {"description": "the id belongs to a record another key wrote"}})
+             responses={409: {"description": "the id belongs to a record another key wrote, or is stored with "
+                                             "another query or response"}})
 async def create_feedback(request: Request, response: Response, store: StoreDep, key: Writer,
                           idempotency_key: Annotated[str | None, Header()] = None) -> dict[str, Any]:
     record = parse_json(await _read_body(request))
@@ -123,6 +125,8 @@ async def create_feedback(request: Request, response: Response, store: StoreDep,
     outcome = (await run_in_threadpool(_save, store, [row], key, fresh))[0]
     if outcome == "forbidden":
         raise _error(409, "id", "a record with this id was written by another key")
+    if outcome == "conflict":
+        raise _error(409, "id", CONFLICT_REASON)
     if outcome == "unserved":
         raise _error(422, "response_id", _UNSERVED)
     if outcome != "inserted":
@@ -163,7 +167,7 @@ async def create_batch(request: Request, store: StoreDep, key: Writer,
     fresh = idempotency_key is None and not any(isinstance(r, dict) and _present(r.get("id")) for r in records)
     outcomes = await run_in_threadpool(_save, store, [row for _, row in keep], key, fresh) if keep else []
     refusals = {"forbidden": ("id", "a record with this id was written by another key"),
-                "unserved": ("response_id", _UNSERVED)}
+                "conflict": ("id", CONFLICT_REASON), "unserved": ("response_id", _UNSERVED)}
     for (i, row), outcome in zip(keep, outcomes):
         results[i] = {"index": i, "id": row["id"], "status": outcome} if outcome not in refusals else {
             "index": i, "id": row["id"], "status": "rejected",
@@ -245,14 +249,20 @@ def _as_input(stored: dict) -> dict:
     return record
 
 
+def _locked_writer(conn, feedback_id: str, key: ApiKey, verb: str) -> str | None:
+    """The key that wrote the record, its row locked until commit; 404 when missing, 403 when ``key`` may not."""
+    owners = _owners(conn, [feedback_id], lock=True)
+    if feedback_id not in owners:
+        raise _error(404, "id", f"no feedback {feedback_id}")
+    if not _may_change(key, owners[feedback_id]):
+        raise _error(403, "id", f"only the key that wrote it or an admin key may {verb} it")
+    return owners[feedback_id]
+
+
 def _replace(store: FeedbackStore, feedback_id: str, body: dict, key: ApiKey, partial: bool) -> dict:
     now = datetime.now(timezone.utc)
     with store.engine.begin() as conn:
-        owners = _owners(conn, [feedback_id], lock=True)
-        if feedback_id not in owners:
-            raise _error(404, "id", f"no feedback {feedback_id}")
-        if not _may_change(key, owners[feedback_id]):
-            raise _error(403, "id", "only the key that wrote it or an admin key may change it")
+        writer = _locked_writer(conn, feedback_id, key, "change")
         stored = plain_row(conn.execute(sa.select(FEEDBACK).where(FEEDBACK.c.id == feedback_id)).one())
         base = _as_input(stored) if partial else {}
         if any(name in body for name in _RATING_INPUTS):
@@ -266,7 +276,7 @@ def _replace(store: FeedbackStore, feedback_id: str, body: dict, key: ApiKey, pa
         if partial and not any(name in body for name in _RATING_INPUTS):  # keep the rating exactly as it came
             for name in ("rating", "rating_thumb", "rating_stars", "rating_raw", "rating_scale"):
                 row[name] = stored[name]
-        row["metadata"] = {**row["metadata"], WRITER_KEY: owners[feedback_id]}
+        row["metadata"] = {**row["metadata"], WRITER_KEY: writer}
         if attribute(conn, [row]):
             raise FeedbackValidationError("response_id", _UNSERVED)
         values = {k: v for k, v in row.items() if k not in ("id", "ingested_at", "source")}
@@ -302,11 +312,7 @@ def _delete(store: FeedbackStore, feedback_id: str, key: ApiKey) -> None:
     from feedback_pipeline.store.cleaned import CLEANED
 
     with store.engine.begin() as conn:
-        owners = _owners(conn, [feedback_id], lock=True)
-        if feedback_id not in owners:
-            raise _error(404, "id", f"no feedback {feedback_id}")
-        if not _may_change(key, owners[feedback_id]):
-            raise _error(403, "id", "only the key that wrote it or an admin key may delete it")
+        _locked_writer(conn, feedback_id, key, "delete")
         conn.execute(sa.delete(CLEANED).where(CLEANED.c.id == feedback_id))
         conn.execute(sa.delete(FEEDBACK).where(FEEDBACK.c.id == feedback_id))
 
