@@ -22,6 +22,10 @@ from feedback_pipeline.ingestion.records import EARLIEST, FUTURE_SLACK
 
 MULTILINE_COLUMNS = ("query", "response")  # code and lists live here: newlines and indentation are content
 SINGLE_LINE_COLUMNS = ("comment", "subject")
+# Every text column is redacted; each by its field policy (cleaning/pii.py FIELD_POLICY): what a user wrote
+# (query, comment, subject, user turns of history) loses every identifier; an answer (response,
+# retrieved_context, assistant turns of history) keeps public contact points (URLs, toll-free numbers, role and
+# government mailboxes) and the names of people it mentions without a cue, and loses everything else.
 REDACTED_COLUMNS = ("query", "response", "comment", "subject", "history", "retrieved_context")
 REQUIRED_COLUMNS = ("id", "query", "response", "rating")
 ADDED_COLUMNS = ("duplicate_count", "label", "pii_redacted")
@@ -178,7 +182,7 @@ def _redact_frame(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series, Counter]:
     for name in REDACTED_COLUMNS:
         if name not in df:
             continue
-        results = df[name].map(redact_with_counts)
+        results = df[name].map(lambda value, field=name: redact_with_counts(value, field))
         df[name] = results.map(lambda r: r[0])
         counts = results.map(lambda r: r[1])
         per_row += counts.map(lambda c: sum(c.values())).astype("int64")

@@ -9,7 +9,6 @@ from pydantic import Field
 from feedback_pipeline.datasets.build import (BuiltDataset, SFTPolicy, TiePolicy, build_kto_dataset, build_sft_dataset,
                                               read_jsonl)
 from feedback_pipeline.datasets.splits import leaked_prompts
-from feedback_pipeline.defs.checks import no_identifiers
 from feedback_pipeline.defs.cleaning import daily_cleaned_feedback
 from feedback_pipeline.defs.resources import FeedbackStoreResource, WorkspaceResource
 from feedback_pipeline.store.cleaned import read_cleaned
@@ -104,18 +103,23 @@ def _prompts(records: list[dict]) -> list[str]:
             for r in records]
 
 
-def _texts(records: list[dict]) -> list[str]:
-    return [m["content"] for r in records for m in (r.get("messages") or [
-        *r["prompt"], *r.get("completion", []), *r.get("chosen", []), *r.get("rejected", [])])]
-
-
 def leakage_check(built: dict) -> dg.AssetCheckResult:
     leaked = leaked_prompts(_prompts(read_jsonl(built["train_file"])), _prompts(read_jsonl(built["eval_file"])))
     return dg.AssetCheckResult(passed=not leaked, metadata={"leaked_prompts": len(leaked)})
 
 
 def identifiers_check(built: dict) -> dg.AssetCheckResult:
-    return no_identifiers(_texts(read_jsonl(built["train_file"]) + read_jsonl(built["eval_file"])))
+    """Fails when the audit detector (presidio, independent of the redactor) or the redactor itself still finds
+    an identifier that the field policy removes; counts by kind only, never the values."""
+    from feedback_pipeline.cleaning.pii_audit import NOT_COVERED, audit_records  # spaCy loads on first check only
+
+    found = audit_records(read_jsonl(built["train_file"]) + read_jsonl(built["eval_file"]))
+    audit, redactor = found["audit"], found["redactor"]
+    return dg.AssetCheckResult(passed=not audit and not redactor, metadata={
+        "identifiers_found": sum(audit.values()) + sum(redactor.values()),
+        "audit_by_kind": dg.MetadataValue.json(dict(sorted(audit.items()))),
+        "redactor_by_kind": dg.MetadataValue.json(dict(sorted(redactor.items()))),
+        "kinds_without_independent_detector": dg.MetadataValue.json(list(NOT_COVERED))})
 
 
 @dg.asset_check(asset=sft_dataset, description="No prompt appears in both the train and the eval split.")
@@ -128,11 +132,13 @@ def check_kto_no_split_leakage(kto_dataset: dict) -> dg.AssetCheckResult:
     return leakage_check(kto_dataset)
 
 
-@dg.asset_check(asset=sft_dataset, description="No detectable identifier (email, phone, card ...) in any text.")
+@dg.asset_check(asset=sft_dataset, blocking=True,
+                description="No identifier left that the field policy removes (audit detector and redactor).")
 def check_sft_no_identifiers(sft_dataset: dict) -> dg.AssetCheckResult:
     return identifiers_check(sft_dataset)
 
 
-@dg.asset_check(asset=kto_dataset, description="No detectable identifier (email, phone, card ...) in any text.")
+@dg.asset_check(asset=kto_dataset, blocking=True,
+                description="No identifier left that the field policy removes (audit detector and redactor).")
 def check_kto_no_identifiers(kto_dataset: dict) -> dg.AssetCheckResult:
     return identifiers_check(kto_dataset)
