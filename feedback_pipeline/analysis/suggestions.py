@@ -277,7 +277,8 @@ def suggestions_frame(suggestions: Sequence[Suggestion]) -> pd.DataFrame:
 
 
 _SECTIONS = {"failing": "Failing: more dislikes than the baseline, beyond chance",
-             "note": "Notes", "watch": "Watch: above the baseline, but within chance"}
+             "note": "Notes",
+             "watch": "Watch: above the baseline, but within chance (the lower end of the interval first)"}
 
 
 def suggestions_markdown(suggestions: Sequence[Suggestion]) -> str:

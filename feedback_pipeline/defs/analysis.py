@@ -94,6 +94,9 @@ def error_patterns(context: dg.AssetExecutionContext, config: ErrorPatternsConfi
     summary = error_type_summary(rated, flags)
     trends = cluster_trends(cleaned_feedback, patterns.clusters)
     trend_lines = [f"- cluster {c.id} ({c.name}): {trends.get(c.id, 'stable')}" for c in patterns.clusters]
+    if trends and set(trends.values()) == {"no earlier period"}:  # a first run: said once, not per cluster
+        trend_lines = ["No earlier period yet: every answer is from the last 2 weeks, so no cluster can be new, "
+                       "growing or shrinking."]
     markdown = "\n\n".join([patterns_markdown(patterns), "## Cluster trends (last 4 weeks)\n\n" +
                             ("\n".join(trend_lines) or "No clusters."), error_types_markdown(summary)])
     path = workspace.path("reports") / "error_patterns.md"
