@@ -102,3 +102,13 @@ def test_no_baseline_period_is_said_once_not_as_too_little_data():
     md = drops_markdown(mixed)
     assert "- billing: drop" in md and "No baseline period yet (new since 2024-04-29): fresh" in md
     assert mixed.set_index("segment").loc["fresh", "reason"] == "no baseline period yet"
+
+
+def test_no_baseline_said_once_across_segment_columns():
+    df = pd.DataFrame(weeks("billing", [40], 50) + weeks("coding", [45], 50)).assign(model="m1")
+    table = pd.concat([detect_drops(df, column).assign(column=column) for column in ("intent", "model")])
+    md = drops_markdown(table)
+    assert md.count("No baseline period yet") == 1 and "all 100 rated answers" in md  # not 200: one row, two columns
+    history = pd.DataFrame(weeks("billing", [48, 48, 48, 48, 47], 60)).assign(model="m1")
+    both = pd.concat([detect_drops(history, c).assign(column=c) for c in ("intent", "model")])
+    assert "- intent=billing: drop" in drops_markdown(both) and "- model=m1: drop" in drops_markdown(both)

@@ -213,8 +213,8 @@ def test_cluster_says_what_differs_between_its_disliked_and_liked_answers():
     df = pd.DataFrame(rows)
     from feedback_pipeline.analysis.error_types import classify_errors
 
-    found = suggest(df, [cluster(0, "help", [f"d{i}" for i in range(8)], 8) | {"liked_ids": [f"l{i}" for i in range(8)]}],
-                    error_summary().iloc[:0], {}, flags=classify_errors(df))
+    topic = cluster(0, "help", [f"d{i}" for i in range(8)], 8) | {"liked_ids": [f"l{i}" for i in range(8)]}
+    found = suggest(df, [topic], error_summary().iloc[:0], {}, flags=classify_errors(df))
     (topic,) = by_kind(found, "failure_cluster").values()
     features = {d["feature"] for d in topic.metrics["differences"]}
     assert {"length", "refusal", "comment_terms"} <= features

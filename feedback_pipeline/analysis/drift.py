@@ -114,6 +114,11 @@ def drops_markdown(table: pd.DataFrame) -> str:
     """Markdown for analysts: alarming segments as a table, the rest summarised in one line each."""
     if table.empty:
         return "## Like-rate drops\n\nNo rated feedback.\n"
+    # Every rated row counts once per segment column; several columns in one table (the report asset) are named.
+    per_column = table.groupby("column")["n_recent"].sum() if "column" in table else table["n_recent"].sum()
+    n_rated = int(per_column.max()) if "column" in table else int(per_column)
+    if "column" in table:
+        table = table.assign(segment=table["column"].astype(str) + "=" + table["segment"].astype(str))
     alarms, rest = table[table["alarm"]], table[~table["alarm"]]
     start = pd.Timestamp(table["window_start"].iloc[0]).strftime("%Y-%m-%d")
     lines = ["## Like-rate drops", "",
@@ -128,8 +133,7 @@ def drops_markdown(table: pd.DataFrame) -> str:
             for r in alarms.to_dict("records")]))
     fresh = rest[rest["reason"] == NO_BASELINE]
     if len(fresh) == len(table):
-        n = int(table["n_recent"].sum())
-        return "\n".join(lines[:2] + [f"No baseline period yet: all {n} rated answers fall in the latest period "
+        return "\n".join(lines[:2] + [f"No baseline period yet: all {n_rated} rated answers fall in the latest period "
                                        f"(from {start}), so no segment can be compared with earlier periods."]) + "\n"
     rest = rest[rest["reason"] != NO_BASELINE]
     if not rest.empty:
