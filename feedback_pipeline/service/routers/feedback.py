@@ -249,14 +249,20 @@ def _as_input(stored: dict) -> dict:
     return record
 
 
+def _locked_writer(conn, feedback_id: str, key: ApiKey, verb: str) -> str | None:
+    """The key that wrote the record, its row locked until commit; 404 when missing, 403 when ``key`` may not."""
+    owners = _owners(conn, [feedback_id], lock=True)
+    if feedback_id not in owners:
+        raise _error(404, "id", f"no feedback {feedback_id}")
+    if not _may_change(key, owners[feedback_id]):
+        raise _error(403, "id", f"only the key that wrote it or an admin key may {verb} it")
+    return owners[feedback_id]
+
+
 def _replace(store: FeedbackStore, feedback_id: str, body: dict, key: ApiKey, partial: bool) -> dict:
     now = datetime.now(timezone.utc)
     with store.engine.begin() as conn:
-        owners = _owners(conn, [feedback_id], lock=True)
-        if feedback_id not in owners:
-            raise _error(404, "id", f"no feedback {feedback_id}")
-        if not _may_change(key, owners[feedback_id]):
-            raise _error(403, "id", "only the key that wrote it or an admin key may change it")
+        writer = _locked_writer(conn, feedback_id, key, "change")
         stored = plain_row(conn.execute(sa.select(FEEDBACK).where(FEEDBACK.c.id == feedback_id)).one())
         base = _as_input(stored) if partial else {}
         if any(name in body for name in _RATING_INPUTS):
@@ -270,7 +276,7 @@ def _replace(store: FeedbackStore, feedback_id: str, body: dict, key: ApiKey, pa
         if partial and not any(name in body for name in _RATING_INPUTS):  # keep the rating exactly as it came
             for name in ("rating", "rating_thumb", "rating_stars", "rating_raw", "rating_scale"):
                 row[name] = stored[name]
-        row["metadata"] = {**row["metadata"], WRITER_KEY: owners[feedback_id]}
+        row["metadata"] = {**row["metadata"], WRITER_KEY: writer}
         if attribute(conn, [row]):
             raise FeedbackValidationError("response_id", _UNSERVED)
         values = {k: v for k, v in row.items() if k not in ("id", "ingested_at", "source")}
@@ -306,11 +312,7 @@ def _delete(store: FeedbackStore, feedback_id: str, key: ApiKey) -> None:
     from feedback_pipeline.store.cleaned import CLEANED
 
     with store.engine.begin() as conn:
-        owners = _owners(conn, [feedback_id], lock=True)
-        if feedback_id not in owners:
-            raise _error(404, "id", f"no feedback {feedback_id}")
-        if not _may_change(key, owners[feedback_id]):
-            raise _error(403, "id", "only the key that wrote it or an admin key may delete it")
+        _locked_writer(conn, feedback_id, key, "delete")
         conn.execute(sa.delete(CLEANED).where(CLEANED.c.id == feedback_id))
         conn.execute(sa.delete(FEEDBACK).where(FEEDBACK.c.id == feedback_id))
 
