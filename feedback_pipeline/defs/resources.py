@@ -1,6 +1,7 @@
 """Resources: each owns one connection or location. Values come from ``settings`` (the one env reader)."""
 
 
+import threading
 from pathlib import Path
 
 import dagster as dg
@@ -15,9 +16,19 @@ class FeedbackStoreResource(dg.ConfigurableResource):
     db_url: str
 
     def store(self) -> FeedbackStore:
-        store = FeedbackStore(self.db_url)
-        store.migrate()  # cheap when up to date; a fresh database works without a separate step
+        """One store (one engine, one pool) per database per process, migrated on first use: a sensor ticking
+        every few minutes neither builds a new engine nor re-checks the migrations each time."""
+        with _STORES_LOCK:
+            store = _STORES.get(self.db_url)
+            if store is None:
+                store = FeedbackStore(self.db_url)
+                store.migrate()  # a fresh database works without a separate step
+                _STORES[self.db_url] = store
         return store
+
+
+_STORES: dict[str, FeedbackStore] = {}
+_STORES_LOCK = threading.Lock()
 
 
 class MlflowResource(dg.ConfigurableResource):
