@@ -64,7 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        app.state.store = FeedbackStore(settings.feedback_db_url)
+        app.state.store = FeedbackStore(settings.feedback_db_url, pre_ping=False)
         app.state.migrated = False
         try:
             await run_in_threadpool(_migrate, app)

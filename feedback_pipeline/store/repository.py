@@ -65,8 +65,11 @@ class WriteResult:
 class FeedbackStore:
     """Owns one SQLAlchemy engine; created lazily so importing this module never connects."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, pre_ping: bool = True):
         self.url = url
+        # pre_ping costs a round trip per checkout; the capture service turns it off: a dead connection then fails
+        # one request (503), SQLAlchemy invalidates the pool, and the next requests reconnect.
+        self.pre_ping = pre_ping
         self._engine: sa.Engine | None = None
 
     @property
@@ -83,7 +86,7 @@ class FeedbackStore:
                 sa.event.listen(self._engine, "connect", _sqlite_pragmas)
             else:
                 # connect_timeout: a database that is down answers 503 fast instead of hanging a request.
-                self._engine = sa.create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20,
+                self._engine = sa.create_engine(url, pool_pre_ping=self.pre_ping, pool_size=10, max_overflow=20,
                                                 pool_timeout=10, connect_args={"connect_timeout": 5})
         return self._engine
 
