@@ -6,7 +6,7 @@ the service, a failed batch for an import). The service and the importers share 
 Rejected with the path of the field: invalid JSON or UTF-8, NaN/Infinity (also numbers that overflow to
 infinity), lone surrogates and NUL characters in any string or key, nesting deeper than ``MAX_DEPTH``, integers
 outside the column range, text columns given a non-text value, text longer than its documented size, JSON
-columns larger than ``MAX_JSON_BYTES``, timestamps outside ``EARLIEST`` .. now + ``FUTURE_SLACK``.
+columns larger than ``MAX_JSON_BYTES``, timestamps outside ``records.EARLIEST`` .. now + ``records.FUTURE_SLACK`` (checked in ``normalise_record``).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import re
 from datetime import datetime, timezone
 from typing import Any
 
-from feedback_pipeline.ingestion.records import EARLIEST, FUTURE_SLACK, FeedbackValidationError, normalise_record
+from feedback_pipeline.ingestion.records import FeedbackValidationError, normalise_record
 
 MAX_BODY_BYTES = 1024 * 1024
 MAX_DEPTH = 32
@@ -130,8 +130,9 @@ def _walk(value: Any, path: str, depth: int) -> None:
             _walk(item, f"{path}[{i}]", depth + 1)
 
 
-def check_row(row: dict, now: datetime | None = None) -> None:
-    """The normalised row fits its columns (range, type); raise FeedbackValidationError otherwise."""
+def check_row(row: dict) -> None:
+    """The normalised row fits its columns (range, type, size); raise FeedbackValidationError otherwise. The
+    timestamp window is ``normalise_record``'s (every importer applies it there)."""
     for name, (low, high) in _INT_COLUMNS.items():
         value = row.get(name)
         if value is not None and not low <= value <= high:
@@ -154,12 +155,6 @@ def check_row(row: dict, now: datetime | None = None) -> None:
             raise FeedbackValidationError(name, f"cannot be stored as JSON ({exc})") from None
         if size > MAX_JSON_BYTES:
             raise FeedbackValidationError(name, f"is {size} bytes as JSON, more than the {MAX_JSON_BYTES} allowed")
-    latest = (now or datetime.now(timezone.utc)) + FUTURE_SLACK
-    for name in ("created_at", "updated_at"):
-        value = row.get(name)
-        if value is not None and not EARLIEST <= value <= latest:
-            raise FeedbackValidationError(
-                name, f"must lie between {EARLIEST.date()} and now + {FUTURE_SLACK.days} day, got {value.isoformat()}")
 
 
 def validate_record(record: Any, source: str, now: datetime | None = None, *, checked: bool = False) -> dict:
@@ -178,7 +173,7 @@ def validate_record(record: Any, source: str, now: datetime | None = None, *, ch
     for name in _JSON_COLUMNS:  # JSON sent as text was decoded after check_value saw it
         if isinstance(record.get(name), str):
             check_value(row[name], name)
-    check_row(row, now)
+    check_row(row)
     return row
 
 

@@ -49,7 +49,7 @@ COMPACT_EVERY_S = 5.0
 
 
 async def _compact_stats_forever(app: FastAPI) -> None:
-    """Fold the stats triggers' deltas into the daily summary every few seconds (PostgreSQL; a no-op on SQLite)."""
+    """Fold the stats triggers' deltas into the daily summary every few seconds (PostgreSQL)."""
     while True:
         await asyncio.sleep(COMPACT_EVERY_S)
         try:
@@ -70,14 +70,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await run_in_threadpool(_migrate, app)
         except Exception as exc:  # the service still starts: /readyz says 503 and retries the migration
             log.warning("database not ready at startup: %s", exc)
-        compactor = asyncio.create_task(_compact_stats_forever(app))
+        # Only PostgreSQL's triggers append deltas; SQLite's update the summary directly.
+        compactor = asyncio.create_task(_compact_stats_forever(app)) if app.state.store.dialect == "postgresql" \
+            else None
         if settings.serving_enabled:  # only then are models loaded: the capture-only service stays light
             from feedback_pipeline.serving.runtime import Serving
 
             app.state.serving = await run_in_threadpool(Serving.from_settings, settings, app.state.store)
             app.state.serving.start()
         yield
-        compactor.cancel()
+        if compactor is not None:
+            compactor.cancel()
         if settings.serving_enabled:
             app.state.serving.stop()
         app.state.store.dispose()

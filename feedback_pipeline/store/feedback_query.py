@@ -15,9 +15,7 @@ from datetime import datetime
 import pandas as pd
 import sqlalchemy as sa
 
-from feedback_pipeline.ingestion.records import COLUMNS
-from feedback_pipeline.store.repository import (FEEDBACK, FeedbackStore, _TIME_COLUMNS, _to_db_time, _utc,
-                                                 utc_column)
+from feedback_pipeline.store.repository import FEEDBACK, FeedbackStore, _TIME_COLUMNS, _to_db_time, _utc
 
 RATINGS = {"liked": FEEDBACK.c.rating_thumb == 1, "disliked": FEEDBACK.c.rating_thumb == -1,
            "neutral": FEEDBACK.c.rating_thumb == 0, "unrated": FEEDBACK.c.rating_thumb.is_(None)}
@@ -90,10 +88,4 @@ def list_page(store: FeedbackStore, flt: FeedbackFilter, limit: int, cursor: str
 
 def read_filtered_frame(store: FeedbackStore, flt: FeedbackFilter) -> pd.DataFrame:
     """The rows matching ``flt`` as the frame ``FeedbackStore.read_frame`` returns (oldest first)."""
-    query = sa.select(FEEDBACK).where(*flt.clauses(store.dialect)).order_by(FEEDBACK.c.created_at, FEEDBACK.c.id)
-    with store.engine.connect() as conn:
-        records = [plain_row(r) for r in conn.execute(query)]
-    frame = pd.DataFrame.from_records(records, columns=list(COLUMNS))
-    for name in _TIME_COLUMNS:
-        frame[name] = utc_column(frame[name])
-    return frame
+    return store.read_frame(where=flt.clauses(store.dialect))

@@ -152,11 +152,12 @@ class FeedbackStore:
         return result, outcomes
 
     def read_frame(self, start: datetime | None = None, end: datetime | None = None,
-                   column: str = "created_at") -> pd.DataFrame:
-        """All feedback rows (optionally ``start <= column < end``) as a DataFrame with UTC timestamps; a stored
+                   column: str = "created_at", where: Iterable = ()) -> pd.DataFrame:
+        """All feedback rows (optionally ``start <= column < end`` and the SQL ``where`` clauses) as a DataFrame
+        with UTC timestamps; a stored
         timestamp pandas cannot hold (before 1677 or after 2262, written before the door checked the window) reads
         as NaT, never an error, and cleaning rejects its row."""
-        query = sa.select(FEEDBACK).order_by(FEEDBACK.c.created_at, FEEDBACK.c.id)
+        query = sa.select(FEEDBACK).where(*where).order_by(FEEDBACK.c.created_at, FEEDBACK.c.id)
         if start is not None:
             query = query.where(FEEDBACK.c[column] >= _to_db_time(start, self.dialect))
         if end is not None:
