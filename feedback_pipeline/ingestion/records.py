@@ -17,6 +17,8 @@ import uuid
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from feedback_pipeline.store.tables import COLUMNS  # the stored fields: the store layer owns the schema
+
 # The documented window of feedback timestamps: nothing was rated before 2000, and a clock a day fast is tolerated.
 EARLIEST = datetime(2000, 1, 1, tzinfo=timezone.utc)
 FUTURE_SLACK = timedelta(days=1)
@@ -24,13 +26,6 @@ FUTURE_SLACK = timedelta(days=1)
 # Stable namespace so a re-imported record without an id gets the same id again (idempotent imports).
 _ID_NAMESPACE = uuid.UUID("6f1c1c4e-9a52-4c57-9d0e-6a0f1b7c2e11")
 
-COLUMNS = (
-    "id", "created_at", "updated_at", "ingested_at", "user_id", "session_id", "message_index", "query",
-    "history", "response", "model_name", "model_version", "intent", "project", "subject", "rating",
-    "rating_thumb", "rating_stars", "rating_raw", "rating_scale", "comment", "tools_called",
-    "retrieved_context", "latency_ms", "prompt_tokens", "completion_tokens", "source", "metadata",
-    "response_id", "experiment", "arm",
-)
 # Copied by the capture service from the served answer that ``response_id`` names (sql/008); never client input.
 SERVED_FIELDS = ("experiment", "arm")
 _TEXT_FIELDS = ("user_id", "session_id", "model_name", "model_version", "intent", "project", "subject", "comment",

@@ -16,8 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
-from feedback_pipeline.ingestion.records import COLUMNS
 from feedback_pipeline.store.repository import _CHANGE, _IDENTITY, _MUTABLE, FeedbackStore, WriteResult
+from feedback_pipeline.store.tables import COLUMNS
 
 _JSON_COLUMNS = frozenset(("history", "tools_called", "retrieved_context", "metadata"))
 _COLS = ", ".join(f'"{c}"' for c in COLUMNS)

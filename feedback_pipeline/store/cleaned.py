@@ -7,18 +7,12 @@ from datetime import date, datetime, timezone
 import pandas as pd
 import sqlalchemy as sa
 
-from feedback_pipeline.store.repository import FEEDBACK, FeedbackStore, _to_db_time, _utc
+from feedback_pipeline.store.repository import FeedbackStore
+from feedback_pipeline.store.tables import CLEANED, CLEANED_COLUMNS, CLEANED_TIME_COLUMNS as _TIMES
+from feedback_pipeline.store.tables import to_db_time as _to_db_time
+from feedback_pipeline.store.tables import utc as _utc
 
-_EXTRA = [sa.Column("label", sa.Text), sa.Column("pii_redacted", sa.Integer), sa.Column("duplicate_count", sa.Integer),
-          sa.Column("spam_reason", sa.Text), sa.Column("exclude_from_training", sa.Boolean),
-          sa.Column("cleaned_at", FEEDBACK.c.created_at.type)]
-# Serving attribution (sql/008) stays in the raw table: the A/B test reads it there, joined to the exposure log.
-_NOT_CLEANED = ("id", "response_id", "experiment", "arm")
-CLEANED = sa.Table("cleaned_feedback", sa.MetaData(), sa.Column("id", FEEDBACK.c.id.type, primary_key=True),
-                   sa.Column("partition_date", sa.Text),
-                   *(sa.Column(c.name, c.type) for c in FEEDBACK.columns if c.name not in _NOT_CLEANED), *_EXTRA)
-CLEANED_COLUMNS = [c.name for c in CLEANED.columns]
-_TIMES = ("created_at", "updated_at", "ingested_at", "cleaned_at")
+__all__ = ["CLEANED", "CLEANED_COLUMNS", "replace_window", "read_cleaned", "day_of"]
 
 
 def day_of(ts) -> str:

@@ -15,7 +15,11 @@ from datetime import datetime
 import pandas as pd
 import sqlalchemy as sa
 
-from feedback_pipeline.store.repository import FEEDBACK, FeedbackStore, _TIME_COLUMNS, _to_db_time, _utc
+from feedback_pipeline.store.repository import FeedbackStore
+from feedback_pipeline.store.tables import FEEDBACK
+from feedback_pipeline.store.tables import TIME_COLUMNS as _TIME_COLUMNS
+from feedback_pipeline.store.tables import to_db_time as _to_db_time
+from feedback_pipeline.store.tables import utc as _utc
 
 RATINGS = {"liked": FEEDBACK.c.rating_thumb == 1, "disliked": FEEDBACK.c.rating_thumb == -1,
            "neutral": FEEDBACK.c.rating_thumb == 0, "unrated": FEEDBACK.c.rating_thumb.is_(None)}

@@ -1,14 +1,13 @@
 """Typed reads and writes of the feedback table on PostgreSQL or SQLite.
 
-The DDL lives in ``sql/``; this module mirrors it as SQLAlchemy columns only to bind and read values with
-the right types (UUID/JSONB on PostgreSQL, text/JSON on SQLite). A test checks the mirror against the
-migrated database so the two cannot drift apart.
+The tables and time helpers live in ``store/tables.py`` (the mirror of ``sql/``); this module holds the store
+object: its engine, writes, reads and erasure.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from functools import lru_cache
 from typing import Iterable
 
@@ -16,30 +15,14 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from feedback_pipeline.ingestion.records import COLUMNS
 from feedback_pipeline.store.migrate import migrate
+from feedback_pipeline.store.tables import (CLEANED, COLUMNS, FEEDBACK, JSON, TIME_COLUMNS, TS, UUID, to_db_time, utc,
+                                            utc_column)
 
-_JSON = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
-_UUID = sa.String(36).with_variant(postgresql.UUID(as_uuid=False), "postgresql")
-_TS = sa.DateTime(timezone=True)
-
-FEEDBACK = sa.Table(
-    "feedback", sa.MetaData(),
-    sa.Column("id", _UUID, primary_key=True),
-    sa.Column("created_at", _TS), sa.Column("updated_at", _TS), sa.Column("ingested_at", _TS),
-    sa.Column("user_id", sa.Text), sa.Column("session_id", sa.Text), sa.Column("message_index", sa.Integer),
-    sa.Column("query", sa.Text), sa.Column("history", _JSON), sa.Column("response", sa.Text),
-    sa.Column("model_name", sa.Text), sa.Column("model_version", sa.Text), sa.Column("intent", sa.Text),
-    sa.Column("project", sa.Text), sa.Column("subject", sa.Text),
-    sa.Column("rating", sa.Float), sa.Column("rating_thumb", sa.SmallInteger),
-    sa.Column("rating_stars", sa.SmallInteger), sa.Column("rating_raw", sa.Text), sa.Column("rating_scale", sa.Text),
-    sa.Column("comment", sa.Text), sa.Column("tools_called", _JSON), sa.Column("retrieved_context", _JSON),
-    sa.Column("latency_ms", sa.Float), sa.Column("prompt_tokens", sa.Integer),
-    sa.Column("completion_tokens", sa.Integer), sa.Column("source", sa.Text), sa.Column("metadata", _JSON),
-    sa.Column("response_id", sa.Text), sa.Column("experiment", sa.Text), sa.Column("arm", sa.Text),
-)
-assert tuple(c.name for c in FEEDBACK.columns) == COLUMNS
-_TIME_COLUMNS = ("created_at", "updated_at", "ingested_at")
+# Older names, kept for the modules that import them from here.
+_JSON, _UUID, _TS, _TIME_COLUMNS = JSON, UUID, TS, TIME_COLUMNS
+_utc, _to_db_time = utc, to_db_time
+__all__ = ["FEEDBACK", "COLUMNS", "FeedbackStore", "WriteResult", "CONFLICT_REASON", "utc_column"]
 # Fields a later rating of the same record may change; the newest updated_at wins.
 _MUTABLE = ("updated_at", "rating", "rating_thumb", "rating_stars", "rating_raw", "rating_scale", "comment", "metadata")
 # A re-sent record counts as a change only when what the user said changed, not merely its timestamp.
@@ -187,13 +170,14 @@ class FeedbackStore:
     def delete_user(self, user_id: str) -> int:
         """Erase every record of one user (right to erasure), raw and cleaned, in one transaction; returns the raw
         rows deleted. Datasets built afterwards cannot contain them; older dataset folders are not touched."""
-        from feedback_pipeline.store.cleaned import CLEANED  # it builds on this module's FEEDBACK table
-        from feedback_pipeline.store.experiments import CHAT_RESPONSES  # the exposure log names users too
-
         with self.engine.begin() as conn:
             conn.execute(sa.delete(CLEANED).where(CLEANED.c.user_id == user_id))
-            conn.execute(sa.delete(CHAT_RESPONSES).where(CHAT_RESPONSES.c.user_id == user_id))
+            conn.execute(sa.delete(_CHAT_RESPONSES).where(_CHAT_RESPONSES.c.user_id == user_id))
             return conn.execute(sa.delete(FEEDBACK).where(FEEDBACK.c.user_id == user_id)).rowcount
+
+
+# The exposure log (store/experiments.py) names users too; erasure needs only its user column.
+_CHAT_RESPONSES = sa.table("chat_responses", sa.column("user_id"))
 
 
 @lru_cache(maxsize=2)
@@ -215,25 +199,6 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()
-
-
-def _utc(value):
-    if value is None or (isinstance(value, float) and pd.isna(value)):
-        return None
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
-
-
-def utc_column(values: pd.Series) -> pd.Series:
-    """Stored timestamps as a UTC datetime column; one outside pandas' range becomes NaT instead of raising."""
-    return pd.to_datetime(values.map(_utc), utc=True, errors="coerce")
-
-
-def _to_db_time(value: datetime, dialect: str) -> datetime:
-    value = _utc(value)
-    # SQLite keeps no zone: everything is stored as naive UTC so text comparison orders correctly.
-    return value.replace(tzinfo=None) if dialect == "sqlite" else value
 
 
 def _to_db(row: dict, dialect: str) -> dict:

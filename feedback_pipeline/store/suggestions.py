@@ -8,15 +8,9 @@ from datetime import datetime, timezone
 import pandas as pd
 import sqlalchemy as sa
 
-from feedback_pipeline.store.repository import FEEDBACK, FeedbackStore, _to_db_time
-
-SUGGESTIONS = sa.Table(
-    "improvement_suggestions", sa.MetaData(),
-    sa.Column("run_id", sa.Text, primary_key=True), sa.Column("rank", sa.Integer, primary_key=True),
-    sa.Column("kind", sa.Text), sa.Column("target", sa.Text), sa.Column("title", sa.Text),
-    sa.Column("evidence", sa.Text), sa.Column("metrics", FEEDBACK.c.metadata.type), sa.Column("priority", sa.Float),
-    sa.Column("created_at", FEEDBACK.c.created_at.type),
-)
+from feedback_pipeline.store.repository import FeedbackStore
+from feedback_pipeline.store.tables import SUGGESTIONS
+from feedback_pipeline.store.tables import to_db_time as _to_db_time
 
 
 def save_suggestions(store: FeedbackStore, run_id: str, frame: pd.DataFrame) -> int:
