@@ -120,6 +120,32 @@ def test_config_from_dict():
         ChatSFTConfig.from_dict({"base_model_path": "b", "train_file": "t", "output_dir": "o", "max_step": 3})
 
 
+
+def test_cli_reads_the_config_file_and_flags_override_it(tmp_path, capsys):
+    """The trainers' command line (TrlParser): --config gives the fields, a flag overrides one, unknown keys fail."""
+    from feedback_pipeline.training.chat_preference import PreferenceConfig
+    from feedback_pipeline.training.common import run_cli
+
+    path = tmp_path / "cfg.json"
+    path.write_text(json.dumps({"base_model_path": "b", "train_file": "t", "output_dir": "o", "method": "dpo",
+                                "lora_target_modules": "q_proj,v_proj", "early_stopping_patience": None}))
+    seen = []
+
+    def fake_main(cfg):
+        seen.append(cfg)
+        return SimpleNamespace(to_dict=lambda: {"steps": cfg.max_steps})
+
+    run_cli(PreferenceConfig, fake_main, None, ["--config", str(path), "--max_steps", "3", "--resume"])
+    cfg = seen[0]
+    assert (cfg.method, cfg.max_steps, cfg.resume, cfg.lora_target_modules) == ("dpo", 3, True, ["q_proj", "v_proj"])
+    assert json.loads(capsys.readouterr().out) == {"steps": 3}
+    path.write_text(json.dumps({"base_model_path": "b", "train_file": "t", "output_dir": "o", "max_stepz": 3}))
+    with pytest.raises(ValueError, match="max_stepz"):
+        run_cli(PreferenceConfig, fake_main, None, ["--config", str(path)])
+    with pytest.raises(SystemExit):  # method is a Literal: argparse offers its choices only
+        run_cli(PreferenceConfig, fake_main, None, ["--base_model_path", "b", "--train_file", "t", "--output_dir", "o",
+                                                    "--method", "ppo"])
+
 # --------------------------------------------------------------------------------------------------------------------
 # base model preparation
 # --------------------------------------------------------------------------------------------------------------------

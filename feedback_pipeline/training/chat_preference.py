@@ -20,29 +20,30 @@ Checkpoints (adapter, optimizer, scheduler, RNG, trainer state, plus our ``train
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
-import shutil
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
-import torch
 from transformers import TrainerCallback
 
-from feedback_pipeline.training.chat_sft import MlflowStepLogger, ProgressReporter, _sha256, validate_early_stopping
 from feedback_pipeline.training.checkpoints import (
     TRAINING_CONFIG_NAME, CheckpointOptions, CheckpointStory, check_resumable, checkpoint_arguments, resume_point,
 )
-from feedback_pipeline.training.config_file import JsonConfig, jsonl_records, run_cli
+from feedback_pipeline.training.common import (
+    PREFERENCE_METRICS, LoraOptions, MlflowStepLogger, ProgressReporter, TrainableWeights, cpu_training_arguments,
+    data_fingerprints, load_causal_lm, load_tokenizer, lora_config, publish_folder, quiet, read_splits,
+    require_model_folder, run_cli, sha256_file, train, validate_early_stopping, write_manifest,
+)
+from feedback_pipeline.training.config_file import JsonConfig, jsonl_records
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("kto", "dpo")
+PreferenceMethod = Literal["kto", "dpo"]
+METHODS: tuple[str, ...] = get_args(PreferenceMethod)
 # KTO paper, eq. 8: weights with lambda_D * n_D / (lambda_U * n_U) in [1, 4/3]; aim at the middle of that range.
 KTO_TARGET_RATIO = 7 / 6
 
@@ -53,7 +54,7 @@ KTO_TARGET_RATIO = 7 / 6
 
 
 @dataclass
-class PreferenceConfig(JsonConfig, CheckpointOptions):
+class PreferenceConfig(JsonConfig, CheckpointOptions, LoraOptions):
     base_model_path: str = field(
         metadata={"help": "Local Hugging Face causal-LM folder (config.json, weights, tokenizer)."}
     )
@@ -61,7 +62,7 @@ class PreferenceConfig(JsonConfig, CheckpointOptions):
     output_dir: str = field(
         metadata={"help": "Where checkpoints, the final LoRA adapter, tokenizer and training_config.json go."}
     )
-    method: str = field(default="kto", metadata={"help": "'kto' (thumbs: unpaired labels) or 'dpo' (pairs)."})
+    method: PreferenceMethod = field(default="kto", metadata={"help": "'kto' (thumbs: unpaired labels) or 'dpo' (pairs)."})
     eval_file: str | None = field(
         default=None, metadata={"help": "Optional JSONL in the train format; its preference loss is eval_loss."}
     )
@@ -74,16 +75,10 @@ class PreferenceConfig(JsonConfig, CheckpointOptions):
     beta: float = field(
         default=0.1, metadata={"help": "Strength of the pull towards the reference (base) model; higher = closer."}
     )
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
-    lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling numerator (scale = alpha / r)."})
     lora_dropout: float = field(
-        default=0.0,
+        default=0.0, kw_only=True,
         metadata={"help": "Dropout on the LoRA branch. 0 keeps trl's default of disabling every dropout, so policy "
                           "and reference log-probs are not noisy; > 0 turns dropout back on."},
-    )
-    lora_target_modules: list[str] = field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
-        metadata={"help": "Module names that get LoRA adapters (a list, or a comma-separated string in JSON)."},
     )
     max_length: int = field(
         default=256, metadata={"help": "Max tokens of prompt+response; longer sequences are cut at the end."}
@@ -108,8 +103,6 @@ class PreferenceConfig(JsonConfig, CheckpointOptions):
                                "max_length", "eval_steps", "save_steps", "save_total_limit", "logging_steps"))
         if self.method not in METHODS:
             raise ValueError(f"PreferenceConfig.method must be one of {METHODS}, got {self.method!r}")
-        if not self.lora_target_modules:
-            raise ValueError("PreferenceConfig.lora_target_modules is empty")
         if self.max_prompt_length is None:
             self.max_prompt_length = self.max_length // 2
         if not 1 <= self.max_prompt_length < self.max_length:
@@ -230,39 +223,6 @@ def fit_prompt(tokenizer: Any, messages: list[dict[str, str]], budget: int) -> l
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Callbacks
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-class PreferenceMlflowLogger(MlflowStepLogger):
-    """chat_sft's step logger, also logging trl's preference metrics (implicit rewards, KTO's KL estimate)."""
-
-    KEYS = MlflowStepLogger.KEYS + (
-        "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "kl",
-        "eval_rewards/margins", "eval_rewards/accuracies", "eval_kl",
-    )
-
-
-class PreferenceProgress(ProgressReporter):
-    """chat_sft's progress lines, named after the method ("KTO started: 60 steps"), plus eval losses and resumes."""
-
-    def __init__(self, log: Callable[[str], None], method: str):
-        name = method.upper()
-        super().__init__(lambda line: log(f"{name} {line[4:]}" if line.startswith("SFT ") else line))
-        self.method = name
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        super().on_train_begin(args, state, control, **kwargs)
-        if state.global_step:
-            self.log(f"{self.method} resumed at step {state.global_step}")
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        super().on_log(args, state, control, logs=logs, **kwargs)
-        if logs and "eval_loss" in logs:
-            self.log(f"step {state.global_step}: eval_loss {logs['eval_loss']:.4f}")
-
-
-# ---------------------------------------------------------------------------------------------------------------------
 # Entry point
 # ---------------------------------------------------------------------------------------------------------------------
 
@@ -285,28 +245,19 @@ def main(
     """Train a KTO or DPO LoRA adapter on ``cfg.train_file`` and save it to ``cfg.output_dir``. Raises on bad data,
     NaN losses, or a resume onto a checkpoint trained on other data."""
     from datasets import Dataset
-    from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer, EarlyStoppingCallback, PrinterCallback
+    from transformers import EarlyStoppingCallback
 
     log = log or logger.info
-    base = Path(cfg.base_model_path)
-    if not (base / "config.json").is_file():
-        raise FileNotFoundError(f"base_model_path {cfg.base_model_path!r} is not a local HF model folder")
+    base = require_model_folder(cfg.base_model_path)
     out = Path(cfg.output_dir)
-    train_sha = _sha256(cfg.train_file)
-
+    fingerprints = data_fingerprints(cfg)
     resume_from = resume_point(out, cfg.resume, log)
     if resume_from is not None:
-        check_resumable(resume_from, {"method": cfg.method, "train_file_sha256": train_sha,
+        check_resumable(resume_from, {"method": cfg.method, "train_file_sha256": fingerprints["train_file_sha256"],
                                       "base_model_path": str(base.resolve())}, cfg.max_steps)
 
-    train_rows = load_preference_records(cfg.train_file, cfg.method)
-    eval_rows = load_preference_records(cfg.eval_file, cfg.method) if cfg.eval_file else None
-    if not train_rows:
-        raise ValueError(f"train_file {cfg.train_file!r} holds no records")
-    if eval_rows is not None and not eval_rows:
-        raise ValueError(f"eval_file {cfg.eval_file!r} holds no records")
-
+    train_rows, eval_rows = read_splits(lambda path: load_preference_records(path, cfg.method), cfg.train_file,
+                                        cfg.eval_file, "records")
     desirable = undesirable = None
     if cfg.method == "kto":
         n_liked = sum(r["label"] for r in train_rows)
@@ -316,117 +267,58 @@ def main(
             desirable, undesirable = cfg.desirable_weight or 1.0, cfg.undesirable_weight or 1.0
         log(f"KTO on {n_liked} liked / {len(train_rows) - n_liked} disliked: weights {desirable} / {undesirable}")
 
-    tokenizer = AutoTokenizer.from_pretrained(base)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    trimmed = _fit_prompts(train_rows, tokenizer, cfg.max_prompt_length)
-    if eval_rows:
-        trimmed += _fit_prompts(eval_rows, tokenizer, cfg.max_prompt_length)
+    tokenizer = load_tokenizer(base)
+    trimmed = sum(_fit_prompts(rows, tokenizer, cfg.max_prompt_length) for rows in (train_rows, eval_rows or []))
     if trimmed:
         log(f"{trimmed} prompts longer than {cfg.max_prompt_length} tokens lost their oldest messages/tokens")
     log(f"{cfg.method.upper()} on {len(train_rows)} records" + (f" (+{len(eval_rows)} eval)" if eval_rows else "")
         + f", base {base}, {cfg.max_steps} steps x batch {cfg.per_device_train_batch_size}"
           f" x accum {cfg.gradient_accumulation_steps}")
 
-    # fp32: bf16 on a CPU is slow and lossy for a small model.
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     evaluate = eval_rows is not None
     early = cfg.early_stopping_patience is not None
-    common = dict(
-        output_dir=str(out),
-        max_steps=cfg.max_steps,
-        per_device_train_batch_size=cfg.per_device_train_batch_size,
-        # KTO pairs each completion with its batch neighbour's prompt for the KL term: same batch size in eval.
-        per_device_eval_batch_size=cfg.per_device_train_batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        learning_rate=cfg.learning_rate,
-        beta=cfg.beta,
-        max_length=cfg.max_length,
-        seed=cfg.seed,
-        logging_strategy="steps",
-        logging_steps=cfg.logging_steps,
-        # trl defaults bf16 and activation (gradient) checkpointing to True: both wrong or slow on a CPU.
-        bf16=False,
-        fp16=False,
-        activation_checkpointing=False,  # transformers 5 name; `gradient_checkpointing` is its deprecated alias
-        use_cpu=not torch.cuda.is_available(),
-        disable_dropout=cfg.lora_dropout == 0,
-        report_to=[],  # the caller logs to MLflow through PreferenceMlflowLogger, inside its own run
-        **checkpoint_arguments(cfg, evaluate),
-        dataloader_num_workers=0,
-        disable_tqdm=True,  # ProgressReporter gives one line per logging step instead
-    )
+    common = cpu_training_arguments(cfg, out, beta=cfg.beta, disable_dropout=cfg.lora_dropout == 0,
+                                    **checkpoint_arguments(cfg, evaluate))
     if cfg.method == "kto":
         from trl import KTOConfig, KTOTrainer
 
-        args = KTOConfig(**common, desirable_weight=desirable, undesirable_weight=undesirable)
-        trainer_cls = KTOTrainer
+        args, trainer_cls = KTOConfig(**common, desirable_weight=desirable, undesirable_weight=undesirable), KTOTrainer
     else:
         from trl import DPOConfig, DPOTrainer
 
-        args = DPOConfig(**common)
-        trainer_cls = DPOTrainer
-
-    peft_config = LoraConfig(
-        r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-        target_modules=list(cfg.lora_target_modules), bias="none", task_type="CAUSAL_LM",
-    )
+        args, trainer_cls = DPOConfig(**common), DPOTrainer
 
     def story(step: int) -> dict[str, Any]:
         return {"config": asdict(cfg), "method": cfg.method, "steps": step, "base_model_path": str(base.resolve()),
-                "train_file_sha256": train_sha, "eval_file_sha256": _sha256(cfg.eval_file) if cfg.eval_file else None,
-                "n_train_examples": len(trainer.train_dataset), "desirable_weight": desirable,
+                **fingerprints, "n_train_examples": len(trainer.train_dataset), "desirable_weight": desirable,
                 "undesirable_weight": undesirable}
 
     checkpoint_story = CheckpointStory(story)
-    callbacks = [PreferenceMlflowLogger(), PreferenceProgress(log, cfg.method), checkpoint_story]
+    callbacks = [MlflowStepLogger(PREFERENCE_METRICS), ProgressReporter(log, cfg.method.upper()), checkpoint_story]
     if early:
         callbacks.append(EarlyStoppingCallback(cfg.early_stopping_patience, cfg.early_stopping_threshold))
-    # KTO reads the data in file order (its KL term needs a fixed order), so the order is shuffled here, once.
-    train_dataset = Dataset.from_list(train_rows).shuffle(seed=cfg.seed)
-    trainer = trainer_cls(
-        model=model,
-        args=args,
-        train_dataset=train_dataset,
+    trainer = quiet(trainer_cls(
+        model=load_causal_lm(base), args=args, processing_class=tokenizer, peft_config=lora_config(cfg),
+        # KTO reads the data in file order (its KL term needs a fixed order), so the order is shuffled here, once.
+        train_dataset=Dataset.from_list(train_rows).shuffle(seed=cfg.seed),
         eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
-        processing_class=tokenizer,
-        peft_config=peft_config,
         callbacks=[*callbacks, *extra_callbacks],
-    )
-    trainer.remove_callback(PrinterCallback)  # it print()s raw log dicts to stdout
+    ))
     if len(trainer.train_dataset) == 0:
         raise ValueError(f"no training record keeps a response token within max_length={cfg.max_length}")
     if len(trainer.train_dataset) < len(train_rows):
         log(f"{len(train_rows) - len(trainer.train_dataset)} records dropped: prompt fills max_length")
 
-    initial = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
-    trainable_params = sum(p.numel() for p in initial.values())
-    if trainable_params == 0:
-        raise RuntimeError(f"no trainable parameters: none of {cfg.lora_target_modules} matched the model")
-
-    if resume_from is not None:
-        log(f"resuming from {resume_from}")
-    train_output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    history = trainer.state.log_history
-    loss_history = [(int(e["step"]), float(e["loss"])) for e in history if "loss" in e]
-    eval_history = [(int(e["step"]), float(e["eval_loss"])) for e in history if "eval_loss" in e]
-    final_train_loss = loss_history[-1][1] if loss_history else float(train_output.training_loss)
-    bad = [(s, v) for s, v in loss_history + eval_history if not math.isfinite(v)]
-    if bad or not math.isfinite(final_train_loss):
-        raise FloatingPointError(f"loss is not finite: {bad or final_train_loss}")
-
-    current = dict(trainer.model.named_parameters())
-    weights_changed = any(not torch.equal(current[n].detach(), before) for n, before in initial.items())
-    steps = int(trainer.state.global_step)
-    stopped_early = steps < cfg.max_steps
-    best_checkpoint = trainer.state.best_model_checkpoint if early else None
+    weights = TrainableWeights(trainer.model, f"none of {cfg.lora_target_modules} matched the model")
+    outcome = train(trainer, weights, resume_from, log)
+    steps = outcome.steps
 
     eval_loss = None
     if evaluate:
         if early and trainer.state.best_metric is not None:
             eval_loss = float(trainer.state.best_metric)  # the best checkpoint was loaded back at the end
-        elif eval_history and eval_history[-1][0] == steps:
-            eval_loss = eval_history[-1][1]
+        elif outcome.eval_history and outcome.eval_history[-1][0] == steps:
+            eval_loss = outcome.eval_history[-1][1]
         else:
             eval_loss = float(trainer.evaluate()["eval_loss"])
         if not math.isfinite(eval_loss):
@@ -436,23 +328,21 @@ def main(
     out.mkdir(parents=True, exist_ok=True)
     trainer.model.save_pretrained(out)  # PeftModel: adapter_config.json + adapter_model.safetensors only
     tokenizer.save_pretrained(out)
-    runtime = float(train_output.metrics.get("train_runtime", float("nan")))
-    last_metrics = next((e for e in reversed(history) if "loss" in e), {})
-    last_train_metrics = {k: float(v) for k, v in last_metrics.items()
-                          if isinstance(v, (int, float)) and (k.startswith(("rewards/", "logps/")) or k == "kl")}
+    runtime = outcome.train_runtime_s
+    last_metrics = next((e for e in reversed(trainer.state.log_history) if "loss" in e), {})
     result = PreferenceResult(
-        adapter_dir=str(out), method=cfg.method, steps=steps, loss_history=loss_history,
-        final_train_loss=final_train_loss, eval_history=eval_history, eval_loss=eval_loss,
-        best_checkpoint=best_checkpoint, stopped_early=stopped_early,
+        adapter_dir=str(out), method=cfg.method, steps=steps, loss_history=outcome.loss_history,
+        final_train_loss=outcome.final_train_loss, eval_history=outcome.eval_history, eval_loss=eval_loss,
+        best_checkpoint=trainer.state.best_model_checkpoint if early else None, stopped_early=steps < cfg.max_steps,
         resumed_from=str(resume_from) if resume_from else None, train_runtime_s=runtime,
         train_tokens=checkpoint_story.tokens,
         tokens_per_s=checkpoint_story.tokens / runtime if runtime > 0 else float("nan"),
-        trainable_params=trainable_params, weights_changed=weights_changed,
+        trainable_params=outcome.trainable_params, weights_changed=outcome.weights_changed,
         n_train_examples=len(trainer.train_dataset), desirable_weight=desirable, undesirable_weight=undesirable,
-        last_train_metrics=last_train_metrics,
+        last_train_metrics={k: float(v) for k, v in last_metrics.items()
+                            if isinstance(v, (int, float)) and (k.startswith(("rewards/", "logps/")) or k == "kl")},
     )
-    # Written last: its presence means the adapter folder is complete.
-    (out / TRAINING_CONFIG_NAME).write_text(json.dumps({**story(steps), "result": result.to_dict()}, indent=2))
+    write_manifest(out, {**story(steps), "result": result.to_dict()})
     log(f"adapter saved to {out}")
     return result
 
@@ -469,7 +359,7 @@ def merge_and_export(base_model_path: str | Path, adapter_dir: str | Path, out_d
     ``out_dir`` is replaced. GGUF is not produced: that needs llama.cpp's converter, which is not installed.
     """
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     adapter_dir, out_dir = Path(adapter_dir), Path(out_dir)
     weights = adapter_dir / "adapter_model.safetensors"
@@ -477,27 +367,19 @@ def merge_and_export(base_model_path: str | Path, adapter_dir: str | Path, out_d
         raise FileNotFoundError(f"{adapter_dir} holds no PEFT adapter (adapter_config.json / {weights.name} missing)")
     tokenizer = AutoTokenizer.from_pretrained(adapter_dir if (adapter_dir / "tokenizer_config.json").is_file()
                                               else base_model_path)
-    base = AutoModelForCausalLM.from_pretrained(base_model_path, dtype=torch.float32)
+    base = load_causal_lm(base_model_path)
     merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
     merged.eval()
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{time.monotonic_ns()}"
-    try:
+    with publish_folder(out_dir) as tmp:
         merged.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         provenance = {"base_model_path": str(Path(base_model_path).resolve()),
                       "adapter_dir": str(adapter_dir.resolve()),
-                      "adapter_sha256": _sha256(weights)}
+                      "adapter_sha256": sha256_file(weights)}
         if (adapter_dir / TRAINING_CONFIG_NAME).is_file():
             provenance["training"] = json.loads((adapter_dir / TRAINING_CONFIG_NAME).read_text())
         (tmp / "merge_provenance.json").write_text(json.dumps(provenance, indent=2))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 

@@ -20,12 +20,8 @@ i.e. every example counts by its weight, whatever its length (unlike trl's defau
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 import logging
 import math
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,9 +32,19 @@ from transformers import TrainerCallback
 from trl import SFTTrainer
 
 from feedback_pipeline.training.checkpoints import (
-    TRAINING_CONFIG_NAME, CheckpointOptions, CheckpointStory, check_resumable, checkpoint_arguments, resume_point,
+    CheckpointOptions, CheckpointStory, check_resumable, checkpoint_arguments, resume_point,
 )
-from feedback_pipeline.training.config_file import JsonConfig, jsonl_records, run_cli
+from feedback_pipeline.training.common import (
+    LoraOptions, MlflowStepLogger, ProgressReporter, TrainableWeights, cpu_training_arguments, load_causal_lm,
+    load_tokenizer, lora_config, quiet, read_splits, require_model_folder, run_cli, sha256_file, train,
+    validate_early_stopping, write_manifest,
+)
+from feedback_pipeline.training.config_file import JsonConfig, jsonl_records
+
+# MlflowStepLogger, ProgressReporter and validate_early_stopping live in feedback_pipeline.training.common; they are
+# still importable from here for modules not moved yet (embedder.py imports MlflowStepLogger).
+__all__ = ["ChatSFTConfig", "ChatSFTResult", "MlflowStepLogger", "ProgressReporter", "WeightedSFTTrainer",
+           "example_nll", "load_chat_examples", "main", "validate_early_stopping", "weighted_example_nll"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +57,7 @@ IGNORE_INDEX = -100
 
 
 @dataclass
-class ChatSFTConfig(JsonConfig, CheckpointOptions):
+class ChatSFTConfig(JsonConfig, CheckpointOptions, LoraOptions):
     base_model_path: str = field(
         metadata={"help": "Local Hugging Face causal-LM folder (config.json, weights, tokenizer)."}
     )
@@ -69,13 +75,6 @@ class ChatSFTConfig(JsonConfig, CheckpointOptions):
     per_device_train_batch_size: int = field(default=4, metadata={"help": "Examples per forward/backward pass."})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimizer step."})
     learning_rate: float = field(default=2e-4, metadata={"help": "Peak AdamW learning rate (linear decay to 0)."})
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
-    lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling numerator (scale = alpha / r)."})
-    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA branch."})
-    lora_target_modules: list[str] = field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
-        metadata={"help": "Module names that get LoRA adapters (a list, or a comma-separated string in JSON)."},
-    )
     max_length: int = field(
         default=256, metadata={"help": "Max tokens of prompt+completion; longer sequences are cut at the end."}
     )
@@ -90,25 +89,7 @@ class ChatSFTConfig(JsonConfig, CheckpointOptions):
     def __post_init__(self) -> None:
         self.normalise_common(("max_steps", "per_device_train_batch_size", "gradient_accumulation_steps", "lora_r",
                                "max_length", "logging_steps", "eval_steps", "save_steps", "save_total_limit"))
-        if not self.lora_target_modules:
-            raise ValueError("ChatSFTConfig.lora_target_modules is empty")
         validate_early_stopping(self)
-
-
-def validate_early_stopping(cfg: Any) -> None:
-    """Shared by the SFT and preference configs: early stopping needs evaluations and checkpoints that line up."""
-    if cfg.early_stopping_patience is None:
-        return
-    name = type(cfg).__name__
-    if cfg.early_stopping_patience < 1:
-        raise ValueError(f"{name}.early_stopping_patience must be >= 1 (or None to train all max_steps)")
-    if not cfg.eval_file:
-        raise ValueError(f"{name}.early_stopping_patience needs an eval_file to compute eval_loss on")
-    if cfg.save_steps % cfg.eval_steps:
-        # transformers' load_best_model_at_end can only pick among evaluated checkpoints.
-        raise ValueError(f"with early stopping, save_steps ({cfg.save_steps}) must be a multiple of eval_steps "
-                         f"({cfg.eval_steps})")
-
 
 
 @dataclass(frozen=True)
@@ -199,14 +180,6 @@ def load_chat_examples(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # Trainer
 # ---------------------------------------------------------------------------------------------------------------------
@@ -284,73 +257,6 @@ class WeightedSFTTrainer(SFTTrainer):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Callbacks
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-class MlflowStepLogger(TrainerCallback):
-    """Logs loss / learning_rate / grad_norm per logging step (and the final eval_loss) to the active MLflow run.
-
-    Does nothing when no run is active. transformers' own MLflow integration is disabled (report_to=[]) because it
-    starts and ends runs itself; here the caller owns the run, so this only writes metrics into the active one.
-    """
-
-    KEYS = ("loss", "learning_rate", "grad_norm", "eval_loss")
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if not logs:
-            return
-        import mlflow
-
-        if mlflow.active_run() is None:
-            return
-        metrics = {
-            key: float(logs[key])
-            for key in self.KEYS
-            if isinstance(logs.get(key), (int, float)) and math.isfinite(float(logs[key]))
-        }
-        if metrics:
-            mlflow.log_metrics(metrics, step=state.global_step)
-
-
-class ProgressReporter(TrainerCallback):
-    """Human-readable progress lines (step, loss, tokens/s, ETA) sent to ``log`` (a Dagster logger later)."""
-
-    def __init__(self, log: Callable[[str], None]):
-        self.log = log
-        self._start = 0.0
-        self._last_time = 0.0
-        self._last_tokens = 0
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self._start = self._last_time = time.perf_counter()
-        self._last_tokens = 0
-        self.log(f"SFT started: {state.max_steps} steps")
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if not logs or "loss" not in logs:
-            return
-        now = time.perf_counter()
-        step, total = state.global_step, state.max_steps
-        elapsed = now - self._start
-        per_step = elapsed / max(step, 1)
-        parts = [f"step {step}/{total}", f"loss {logs['loss']:.4f}"]
-        if "learning_rate" in logs:
-            parts.append(f"lr {logs['learning_rate']:.2e}")
-        tokens = logs.get("num_tokens")
-        if isinstance(tokens, (int, float)) and now > self._last_time:
-            parts.append(f"{(tokens - self._last_tokens) / (now - self._last_time):.0f} tok/s")
-            self._last_tokens = tokens
-        self._last_time = now
-        parts.append(f"{per_step:.1f} s/step")
-        parts.append(f"ETA {per_step * max(total - step, 0):.0f} s")
-        self.log(" | ".join(parts))
-
-    def on_train_end(self, args, state, control, **kwargs):
-        self.log(f"SFT finished: {state.global_step} steps in {time.perf_counter() - self._start:.1f} s")
-
-
-# ---------------------------------------------------------------------------------------------------------------------
 # Entry point
 # ---------------------------------------------------------------------------------------------------------------------
 
@@ -384,118 +290,56 @@ def main(
 ) -> ChatSFTResult:
     """Train a LoRA adapter on ``cfg.train_file`` and save it to ``cfg.output_dir``. Raises on empty data or NaN."""
     from datasets import Dataset
-    from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer, EarlyStoppingCallback, PrinterCallback
+    from transformers import EarlyStoppingCallback
     from trl import SFTConfig
 
     log = log or logger.info
-    base = Path(cfg.base_model_path)
-    if not (base / "config.json").is_file():
-        raise FileNotFoundError(f"base_model_path {cfg.base_model_path!r} is not a local HF model folder")
+    base = require_model_folder(cfg.base_model_path)
     out = Path(cfg.output_dir)
-    train_sha = _sha256(cfg.train_file)
+    train_sha = sha256_file(cfg.train_file)
     resume_from = resume_point(out, cfg.resume, log)
     if resume_from is not None:
         check_resumable(resume_from, {"train_file_sha256": train_sha, "base_model_path": str(base.resolve())},
                         cfg.max_steps)
 
-    train_rows = load_chat_examples(cfg.train_file)
-    if not train_rows:
-        raise ValueError(f"train_file {cfg.train_file!r} holds no examples")
+    train_rows, eval_rows = read_splits(load_chat_examples, cfg.train_file, cfg.eval_file)
     if not sum(r["weight"] for r in train_rows) > 0:
         raise ValueError(f"train_file {cfg.train_file!r}: all example weights are 0")
-    eval_rows = load_chat_examples(cfg.eval_file) if cfg.eval_file else None
-    if eval_rows is not None and not eval_rows:
-        raise ValueError(f"eval_file {cfg.eval_file!r} holds no examples")
-    log(
-        f"SFT on {len(train_rows)} examples"
-        + (f" (+{len(eval_rows)} eval)" if eval_rows else "")
+    log(f"SFT on {len(train_rows)} examples" + (f" (+{len(eval_rows)} eval)" if eval_rows else "")
         + f", base {base}, {cfg.max_steps} steps x batch {cfg.per_device_train_batch_size}"
-        f" x accum {cfg.gradient_accumulation_steps}"
-    )
+          f" x accum {cfg.gradient_accumulation_steps}")
 
-    tokenizer = AutoTokenizer.from_pretrained(base)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    # fp32: trl would default to fp32 as well; bf16 on CPU is slow and lossy for a 135M model.
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    tokenizer = load_tokenizer(base)
     early = cfg.early_stopping_patience is not None
-
-    args = SFTConfig(
-        output_dir=cfg.output_dir,
-        max_steps=cfg.max_steps,
-        per_device_train_batch_size=cfg.per_device_train_batch_size,
-        per_device_eval_batch_size=cfg.per_device_train_batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        learning_rate=cfg.learning_rate,
-        max_length=cfg.max_length,
-        seed=cfg.seed,
-        logging_strategy="steps",
-        logging_steps=cfg.logging_steps,
-        # trl defaults bf16 and (gradient/activation) checkpointing to True: both wrong or slow on a CPU.
-        bf16=False,
-        fp16=False,
-        activation_checkpointing=False,  # transformers 5 name; `gradient_checkpointing` is its deprecated alias
-        use_cpu=not torch.cuda.is_available(),
-        report_to=[],  # the caller logs to MLflow through MlflowStepLogger, inside its own run
+    args = SFTConfig(**cpu_training_arguments(
+        cfg, out,
         # Periodic evaluations (batch means of the weighted loss) drive early stopping; the reported eval_loss is
         # computed once at the end, exactly weighted over the whole file.
         **checkpoint_arguments(cfg, evaluate=early),
-        dataloader_num_workers=0,
-        disable_tqdm=True,  # ProgressReporter gives one line per logging step instead
         completion_only_loss=True,
         train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
-    )
-    peft_config = LoraConfig(
-        r=cfg.lora_r,
-        lora_alpha=cfg.lora_alpha,
-        lora_dropout=cfg.lora_dropout,
-        target_modules=list(cfg.lora_target_modules),
-        bias="none",
-        task_type="CAUSAL_LM",
-    )
+    ))
+
     def story(step: int) -> dict[str, Any]:
         return {"config": asdict(cfg), "steps": step, "base_model_path": str(base.resolve()),
                 "train_file_sha256": train_sha, "n_train_examples": len(train_rows)}
 
-    story_callback = CheckpointStory(story)
-    trainer = WeightedSFTTrainer(
-        model=model,
-        args=args,
+    callbacks = [MlflowStepLogger(), ProgressReporter(log, "SFT"), CheckpointStory(story), *extra_callbacks]
+    if early:
+        callbacks.append(EarlyStoppingCallback(cfg.early_stopping_patience, cfg.early_stopping_threshold))
+    trainer = quiet(WeightedSFTTrainer(
+        model=load_causal_lm(base), args=args, processing_class=tokenizer, peft_config=lora_config(cfg),
         train_dataset=Dataset.from_list(train_rows),
-        eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
-        processing_class=tokenizer,
-        peft_config=peft_config,
-        callbacks=[MlflowStepLogger(), ProgressReporter(log), story_callback, *extra_callbacks]
-        + ([EarlyStoppingCallback(cfg.early_stopping_patience, cfg.early_stopping_threshold)] if early else []),
-    )
-    # disable_tqdm swaps the progress bar for PrinterCallback, which print()s raw dicts to stdout: not wanted.
-    trainer.remove_callback(PrinterCallback)
-
+        eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None, callbacks=callbacks,
+    ))
     # trl drops examples whose completion is entirely cut off by max_length.
     if len(trainer.train_dataset) == 0:
         raise ValueError(f"no training example keeps a completion token within max_length={cfg.max_length}")
     if len(trainer.train_dataset) < len(train_rows):
         log(f"{len(train_rows) - len(trainer.train_dataset)} examples dropped: completion beyond max_length")
 
-    trainable = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
-    trainable_params = sum(p.numel() for p in trainable.values())
-    if trainable_params == 0:
-        raise RuntimeError(f"no trainable parameters: none of {cfg.lora_target_modules} matched the model")
-
-    if resume_from is not None:
-        log(f"resuming from {resume_from}")
-    train_output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    loss_history = [
-        (int(entry["step"]), float(entry["loss"])) for entry in trainer.state.log_history if "loss" in entry
-    ]
-    final_train_loss = loss_history[-1][1] if loss_history else float(train_output.training_loss)
-    bad = [(s, v) for s, v in loss_history if not math.isfinite(v)]
-    if bad or not math.isfinite(final_train_loss):
-        raise FloatingPointError(f"training loss is not finite: {bad or final_train_loss}")
-
-    current = dict(trainer.model.named_parameters())
-    weights_changed = any(not torch.equal(current[n].detach(), before) for n, before in trainable.items())
+    weights = TrainableWeights(trainer.model, f"none of {cfg.lora_target_modules} matched the model")
+    outcome = train(trainer, weights, resume_from, log)
 
     eval_loss = None
     if trainer.eval_dataset is not None:
@@ -508,35 +352,16 @@ def main(
     out.mkdir(parents=True, exist_ok=True)
     trainer.model.save_pretrained(out)  # PeftModel: adapter_config.json + adapter_model.safetensors only
     tokenizer.save_pretrained(out)
-    steps = int(trainer.state.global_step)
-    runtime = float(train_output.metrics.get("train_runtime", float("nan")))
-    # Written last: its presence means the adapter folder is complete.
-    (out / TRAINING_CONFIG_NAME).write_text(
-        json.dumps(
-            {
-                **story(steps),
-                "n_train_examples": len(trainer.train_dataset),
-                "resumed_from": str(resume_from) if resume_from else None,
-                "final_train_loss": final_train_loss,
-                "eval_loss": eval_loss,
-                "train_runtime_s": runtime,
-                "trainable_params": trainable_params,
-            },
-            indent=2,
-        )
-    )
+    write_manifest(out, {**story(outcome.steps), "n_train_examples": len(trainer.train_dataset),
+                         "resumed_from": str(resume_from) if resume_from else None,
+                         "final_train_loss": outcome.final_train_loss, "eval_loss": eval_loss,
+                         "train_runtime_s": outcome.train_runtime_s, "trainable_params": outcome.trainable_params})
     log(f"adapter saved to {out}")
     return ChatSFTResult(
-        adapter_dir=str(out),
-        steps=steps,
-        loss_history=loss_history,
-        final_train_loss=final_train_loss,
-        eval_loss=eval_loss,
-        train_runtime_s=runtime,
-        trainable_params=trainable_params,
-        weights_changed=weights_changed,
-        stopped_early=steps < cfg.max_steps,
-        resumed_from=str(resume_from) if resume_from else None,
+        adapter_dir=str(out), steps=outcome.steps, loss_history=outcome.loss_history,
+        final_train_loss=outcome.final_train_loss, eval_loss=eval_loss, train_runtime_s=outcome.train_runtime_s,
+        trainable_params=outcome.trainable_params, weights_changed=outcome.weights_changed,
+        stopped_early=outcome.steps < cfg.max_steps, resumed_from=str(resume_from) if resume_from else None,
         best_checkpoint=trainer.state.best_model_checkpoint if early else None,
     )
 

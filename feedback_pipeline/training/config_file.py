@@ -27,12 +27,15 @@ class JsonConfig:
 
     def normalise_common(self, at_least_one: tuple[str, ...]) -> None:
         """What every trainer config's ``__post_init__`` starts with: a comma-separated ``lora_target_modules`` (as
-        JSON files may give it) becomes a list, an empty ``eval_file`` means none, each ``at_least_one`` field >= 1."""
+        JSON files may give it) becomes a list (an empty one raises), an empty ``eval_file`` means none, each
+        ``at_least_one`` field >= 1."""
         if hasattr(self, "lora_target_modules"):
             modules = self.lora_target_modules
             if isinstance(modules, str):
                 modules = [m.strip() for m in modules.split(",") if m.strip()]
             self.lora_target_modules = list(modules)
+            if not self.lora_target_modules:
+                raise ValueError(f"{type(self).__name__}.lora_target_modules is empty")
         if getattr(self, "eval_file", None) == "":
             self.eval_file = None
         for name in at_least_one:
@@ -56,13 +59,8 @@ def jsonl_records(path: str | Path) -> Iterator[tuple[str, Any]]:
 
 
 def run_cli(config_cls: type, main, description: str | None, argv=None) -> None:
-    """``python -m <trainer> --config cfg.json``: train, then print the result as JSON on stdout."""
-    import argparse
-    import logging
-    import sys
+    """``python -m <trainer> --config cfg.json``: see ``feedback_pipeline.training.common.run_cli`` (kept here for
+    the trainers that import it from this module)."""
+    from feedback_pipeline.training.common import run_cli as _run_cli
 
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--config", required=True, help=f"JSON file whose keys are {config_cls.__name__} fields")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    print(json.dumps(main(config_cls.from_json_file(args.config)).to_dict(), indent=2))
+    _run_cli(config_cls, main, description, argv)

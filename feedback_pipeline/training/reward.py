@@ -33,7 +33,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -42,9 +41,11 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from feedback_pipeline.training.chat_sft import MlflowStepLogger, _sha256
-from feedback_pipeline.training.checkpoints import TRAINING_CONFIG_NAME
-from feedback_pipeline.training.config_file import JsonConfig, jsonl_records, run_cli
+from feedback_pipeline.training.common import (
+    LoraOptions, MlflowStepLogger, ProgressReporter, TrainableWeights, cpu_training_arguments, data_fingerprints,
+    load_tokenizer, lora_config, publish_folder, quiet, read_splits, run_cli, train, write_manifest,
+)
+from feedback_pipeline.training.config_file import JsonConfig, jsonl_records
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ Message = dict[str, str]
 
 
 @dataclass
-class RewardConfig(JsonConfig):
+class RewardConfig(JsonConfig, LoraOptions):
     train_file: str = field(metadata={"help": "JSONL of chosen/rejected pairs (see the module docstring)."})
     output_dir: str = field(metadata={"help": "Where the trained reward model folder is written (replaced)."})
     backbone: str = field(
@@ -88,11 +89,8 @@ class RewardConfig(JsonConfig):
     learning_rate: float = field(
         default=1e-4, metadata={"help": "Peak AdamW learning rate (linear decay to 0); high for the few default steps."}
     )
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank (causal-LM backbone only)."})
-    lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling numerator (causal-LM backbone only)."})
-    lora_target_modules: list[str] = field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
-        metadata={"help": "Modules with LoRA adapters (causal-LM backbone only; list or comma-separated string)."},
+    lora_dropout: float = field(
+        default=0.0, kw_only=True, metadata={"help": "Dropout on the LoRA branch (causal-LM backbone only)."}
     )
     max_length: int = field(default=256, metadata={"help": "Max tokens of prompt+answer; longer pairs are cut."})
     center_rewards_coefficient: float | None = field(
@@ -308,21 +306,6 @@ def backbone_folder(cfg: RewardConfig) -> Path:
     return folder
 
 
-class _Progress(TrainerCallback):
-    def __init__(self, log: Callable[[str], None]):
-        self.log, self._start = log, 0.0
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self._start = time.perf_counter()
-        self.log(f"reward model training started: {state.max_steps} steps")
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs and "loss" in logs:
-            elapsed = time.perf_counter() - self._start
-            self.log(f"step {state.global_step}/{state.max_steps}: loss {logs['loss']:.4f}, "
-                     f"batch accuracy {logs.get('accuracy', float('nan')):.2f}, {elapsed:.0f} s")
-
-
 def main(cfg: RewardConfig, log: Callable[[str], None] | None = None,
          extra_callbacks: Sequence[TrainerCallback] = ()) -> RewardResult:
     """Train a reward model on ``cfg.train_file``, save it to ``cfg.output_dir``, score ``cfg.eval_file`` if set.
@@ -330,7 +313,7 @@ def main(cfg: RewardConfig, log: Callable[[str], None] | None = None,
     import shutil
 
     from datasets import Dataset
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, PrinterCallback
+    from transformers import AutoModelForSequenceClassification
     from trl import RewardConfig as TrlRewardConfig
     from trl import RewardTrainer
 
@@ -340,16 +323,10 @@ def main(cfg: RewardConfig, log: Callable[[str], None] | None = None,
     folder = backbone_folder(cfg)
     kind = model_kind(folder)
     out = Path(cfg.output_dir)
-    train_pairs = load_pairs(cfg.train_file)
-    eval_pairs = load_pairs(cfg.eval_file) if cfg.eval_file else []
-    if not train_pairs:
-        raise ValueError(f"train_file {cfg.train_file!r} holds no pairs")
-    if cfg.eval_file and not eval_pairs:
-        raise ValueError(f"eval_file {cfg.eval_file!r} holds no pairs")
+    train_pairs, eval_pairs = read_splits(load_pairs, cfg.train_file, cfg.eval_file, "pairs")
+    eval_pairs = eval_pairs or []
 
-    tokenizer = AutoTokenizer.from_pretrained(str(folder))
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = load_tokenizer(folder)
     encoder = PairEncoder(tokenizer, kind, cfg.max_length)
     train_rows, n_cut = encode_pairs(encoder, train_pairs)
     if n_cut:
@@ -361,53 +338,19 @@ def main(cfg: RewardConfig, log: Callable[[str], None] | None = None,
     torch.manual_seed(cfg.seed)  # the fresh head
     model = AutoModelForSequenceClassification.from_pretrained(str(folder), num_labels=1, dtype=torch.float32)
     model.config.pad_token_id = tokenizer.pad_token_id
-    peft_config = None
-    if kind == "causal":
-        from peft import LoraConfig
-
-        peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
-                                 target_modules=list(cfg.lora_target_modules), bias="none", task_type="SEQ_CLS",
-                                 modules_to_save=["score"])
-    args = TrlRewardConfig(
-        output_dir=str(out.parent / f".{out.name}.trainer"),
-        max_steps=cfg.max_steps,
-        per_device_train_batch_size=cfg.per_device_train_batch_size,
-        learning_rate=cfg.learning_rate,
+    # The causal LM gets LoRA plus its full (fresh) score head; an encoder trains every weight.
+    peft_config = lora_config(cfg, "SEQ_CLS", modules_to_save=["score"]) if kind == "causal" else None
+    args = TrlRewardConfig(**cpu_training_arguments(
+        cfg, out.parent / f".{out.name}.trainer",
         max_length=None,  # sequences are already cut to max_length by PairEncoder
-        center_rewards_coefficient=cfg.center_rewards_coefficient,
-        seed=cfg.seed,
-        logging_strategy="steps",
-        logging_steps=cfg.logging_steps,
-        save_strategy="no",
-        # trl defaults bf16 and activation checkpointing to True: both wrong or slow on a CPU.
-        bf16=False,
-        fp16=False,
-        activation_checkpointing=False,
-        use_cpu=not torch.cuda.is_available(),
-        report_to=[],  # MlflowStepLogger writes into the caller's active run instead
-        dataloader_num_workers=0,
-        disable_tqdm=True,
-    )
-    trainer = RewardTrainer(model=model, args=args, train_dataset=Dataset.from_list(train_rows),
-                            processing_class=tokenizer, peft_config=peft_config,
-                            callbacks=[MlflowStepLogger(), _Progress(log), *extra_callbacks])
-    trainer.remove_callback(PrinterCallback)  # it print()s raw log dicts to stdout
-
-    initial = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
-    trainable_params = sum(p.numel() for p in initial.values())
-    if trainable_params == 0:
-        raise RuntimeError(f"no trainable parameters in the {cfg.backbone} reward model")
-    started = time.perf_counter()
-    train_output = trainer.train()
-    runtime = time.perf_counter() - started
-    history = trainer.state.log_history
-    loss_history = [(int(e["step"]), float(e["loss"])) for e in history if "loss" in e]
-    final_loss = loss_history[-1][1] if loss_history else float(train_output.training_loss)
-    if not math.isfinite(final_loss) or any(not math.isfinite(v) for _, v in loss_history):
-        raise FloatingPointError(f"reward model loss is not finite: {loss_history or final_loss}")
-    current = dict(trainer.model.named_parameters())
-    weights_changed = any(not torch.equal(current[n].detach(), before) for n, before in initial.items())
-    last = next((e for e in reversed(history) if "loss" in e), {})
+        center_rewards_coefficient=cfg.center_rewards_coefficient, save_strategy="no"))
+    trainer = quiet(RewardTrainer(
+        model=model, args=args, train_dataset=Dataset.from_list(train_rows), processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=[MlflowStepLogger(), ProgressReporter(log, "reward model", extra=("accuracy",)), *extra_callbacks]))
+    weights = TrainableWeights(trainer.model, f"the {cfg.backbone} reward model")
+    outcome = train(trainer, weights, log=log)
+    last = next((e for e in reversed(trainer.state.log_history) if "loss" in e), {})
 
     trained = trainer.model.merge_and_unload() if kind == "causal" else trainer.model
     trained.eval()
@@ -423,36 +366,26 @@ def main(cfg: RewardConfig, log: Callable[[str], None] | None = None,
             f"{metrics['length_rule_accuracy']:.3f}")
 
     result = RewardResult(
-        model_dir=str(out), backbone=cfg.backbone, kind=kind, steps=int(trainer.state.global_step),
-        loss_history=loss_history, final_train_loss=final_loss,
+        model_dir=str(out), backbone=cfg.backbone, kind=kind, steps=outcome.steps,
+        loss_history=outcome.loss_history, final_train_loss=outcome.final_train_loss,
         train_accuracy_last=float(last["accuracy"]) if "accuracy" in last else None,
         eval_accuracy=metrics.get("accuracy"), eval_accuracy_ci_low=metrics.get("accuracy_ci_low"),
         eval_accuracy_ci_high=metrics.get("accuracy_ci_high"),
         length_rule_accuracy=metrics.get("length_rule_accuracy"), n_eval_pairs=len(eval_pairs),
-        n_train_pairs=len(train_rows), n_truncated_pairs=n_cut, trainable_params=trainable_params,
-        weights_changed=weights_changed, train_runtime_s=runtime,
+        n_train_pairs=len(train_rows), n_truncated_pairs=n_cut, trainable_params=outcome.trainable_params,
+        weights_changed=outcome.weights_changed, train_runtime_s=outcome.train_runtime_s,
     )
 
-    # Written to a temp sibling and renamed: out is never half-written; the meta files say how to use it.
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{time.monotonic_ns()}"
+    # The folder loads on its own; the meta files say how to use it.
     try:
-        trained.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / REWARD_MODEL_META).write_text(json.dumps(
-            {"kind": kind, "max_length": cfg.max_length, "backbone": cfg.backbone,
-             "backbone_path": str(folder.resolve()), "length_unit": "characters"}, indent=2))
-        story = {"config": asdict(cfg), "steps": result.steps, "backbone_path": str(folder.resolve()),
-                 "train_file_sha256": _sha256(cfg.train_file),
-                 "eval_file_sha256": _sha256(cfg.eval_file) if cfg.eval_file else None,
-                 "eval_metrics": metrics, "result": result.to_dict()}
-        (tmp / TRAINING_CONFIG_NAME).write_text(json.dumps(story, indent=2))
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        with publish_folder(out) as tmp:
+            trained.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            (tmp / REWARD_MODEL_META).write_text(json.dumps(
+                {"kind": kind, "max_length": cfg.max_length, "backbone": cfg.backbone,
+                 "backbone_path": str(folder.resolve()), "length_unit": "characters"}, indent=2))
+            write_manifest(tmp, {"config": asdict(cfg), "steps": result.steps, "backbone_path": str(folder.resolve()),
+                                 **data_fingerprints(cfg), "eval_metrics": metrics, "result": result.to_dict()})
     finally:
         shutil.rmtree(args.output_dir, ignore_errors=True)
     log(f"reward model saved to {out}")
