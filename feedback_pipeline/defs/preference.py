@@ -4,12 +4,8 @@ Not part of retraining_job (it keeps the weekly path within minutes on a CPU): `
 materializes these with their upstream.
 """
 
-from dataclasses import asdict
-
 import dagster as dg
-import mlflow
 import pandas as pd
-from pydantic import Field
 
 from feedback_pipeline.datasets.preference import build_dpo_dataset
 from feedback_pipeline.defs.datasets import describe_dataset, identifiers_check, leakage_check
@@ -17,7 +13,10 @@ from feedback_pipeline.defs.evaluation import (ChatEvaluationConfig, ChatGateCon
                                                evaluate_chat_candidate, evaluation_complete_check)
 from feedback_pipeline.defs.release import decision_check
 from feedback_pipeline.defs.resources import FeedbackStoreResource, JudgeResource, MlflowResource, WorkspaceResource
+from feedback_pipeline.defs.trainer_config import BATCH_SIZE, trainer_config
 from feedback_pipeline.tracking.registry import CHALLENGER, register_chat_adapter, registration_tags
+from feedback_pipeline.tracking.runs import config_params, training_run
+from feedback_pipeline.training.chat_preference import PreferenceConfig
 
 
 @dg.asset(group_name="preference", kinds={"json"},
@@ -36,17 +35,9 @@ def check_dpo_no_identifiers(dpo_dataset: dict) -> dg.AssetCheckResult:
     return identifiers_check(dpo_dataset)
 
 
-class PreferenceTrainingConfig(dg.Config):
-    method: str = Field("kto", description="'kto' trains on kto_dataset (thumbs), 'dpo' on dpo_dataset (pairs).")
-    max_steps: int = Field(20, description="Optimizer steps.")
-    batch_size: int = Field(4, description="Examples (KTO) or pairs (DPO) per step.")
-    learning_rate: float = Field(5e-5, description="Peak AdamW learning rate.")
-    beta: float = Field(0.1, description="KTO/DPO beta: how far the policy may move from the base.")
-    max_length: int = Field(256, description="Tokens per prompt+response.")
-    early_stopping_patience: int | None = Field(
-        3, description="Evaluations without eval-loss improvement before stopping (None: no evaluation during "
-                       "training, all max_steps).")
-    eval_steps: int = Field(10, description="Evaluate the eval split every N steps.")
+# PreferenceConfig's fields, defaults and help (method: kto trains on kto_dataset, dpo on dpo_dataset). With
+# early_stopping_patience set the dataset's eval split is evaluated every eval_steps; without, all max_steps run.
+PreferenceTrainingConfig = trainer_config(PreferenceConfig, rename=BATCH_SIZE, name="PreferenceTrainingConfig")
 
 
 @dg.asset(group_name="preference", kinds={"pytorch", "mlflow"},
@@ -55,39 +46,31 @@ class PreferenceTrainingConfig(dg.Config):
 def chat_preference_adapter(context: dg.AssetExecutionContext, config: PreferenceTrainingConfig, kto_dataset: dict,
                             dpo_dataset: dict, base_chat_model: dict, workspace: WorkspaceResource,
                             mlflow_tracking: MlflowResource) -> dict:
-    from feedback_pipeline.training.chat_preference import PreferenceConfig, main
+    from feedback_pipeline.training.chat_preference import main
 
-    if config.method not in ("kto", "dpo"):
-        raise ValueError(f"method must be 'kto' or 'dpo', got {config.method!r}")
     data = kto_dataset if config.method == "kto" else dpo_dataset
     # Same data + method = same folder, so a killed run's checkpoints are found and resumed.
     output_dir = workspace.path("models", "preference_adapters", f"{config.method}-{data['fingerprint'][:12]}")
-    cfg = PreferenceConfig(
-        method=config.method, base_model_path=base_chat_model["path"], train_file=data["train_file"],
+    cfg = config.to_trainer(
+        base_model_path=base_chat_model["path"], train_file=data["train_file"],
         eval_file=data["eval_file"] if config.early_stopping_patience is not None else None,
-        output_dir=str(output_dir), max_steps=config.max_steps,
-        per_device_train_batch_size=config.batch_size, learning_rate=config.learning_rate, beta=config.beta,
-        max_length=config.max_length, eval_steps=config.eval_steps,
-        early_stopping_patience=config.early_stopping_patience, resume=True)
+        output_dir=str(output_dir), resume=True)
     mlflow_tracking.activate()
-    with mlflow.start_run(run_name=f"chat-{config.method}-{data['fingerprint'][:12]}") as run:
-        mlflow.set_tags({"stage": f"chat_{config.method}", "dagster_run_id": context.run.run_id})
-        mlflow.log_params({**{k: v for k, v in asdict(cfg).items() if k != "lora_target_modules"},
-                           "dataset_fingerprint": data["fingerprint"], "train_rows": data["counts"]["train"]})
+    params = {**config_params(cfg), "dataset_fingerprint": data["fingerprint"], "train_rows": data["counts"]["train"]}
+    with training_run(f"chat-{cfg.method}-{data['fingerprint'][:12]}", f"chat_{cfg.method}", context.run.run_id,
+                      params) as run:
         result = main(cfg, log=context.log.info)
-        metrics = {"final_train_loss": result.final_train_loss, "tokens_per_s": result.tokens_per_s}
-        if result.eval_loss is not None:
-            metrics["eval_loss"] = result.eval_loss
-        mlflow.log_metrics(metrics)
-        mlflow.log_artifacts(result.adapter_dir, artifact_path="adapter")
+        metrics = run.log_metrics({"final_train_loss": result.final_train_loss, "tokens_per_s": result.tokens_per_s,
+                                   "eval_loss": result.eval_loss})
+        run.log_artifacts(result.adapter_dir, "adapter")
     version = register_chat_adapter(
-        run.info.run_id, result.adapter_dir, cfg.base_model_path, mlflow_tracking.chat_model_name, alias=CHALLENGER,
+        run.run_id, result.adapter_dir, cfg.base_model_path, mlflow_tracking.chat_model_name, alias=CHALLENGER,
         tags=registration_tags("chat_preference", data, [result.adapter_dir], adapter_dir=result.adapter_dir,
-                               base_model_path=cfg.base_model_path, method=config.method))
+                               base_model_path=cfg.base_model_path, method=cfg.method))
     context.add_output_metadata({**metrics, "method": config.method, "steps": result.steps,
                                  "stopped_early": result.stopped_early, "resumed_from": result.resumed_from or "none",
-                                 "mlflow_run_id": run.info.run_id, "registered_version": version})
-    return {"adapter_dir": result.adapter_dir, "run_id": run.info.run_id, "version": version,
+                                 "mlflow_run_id": run.run_id, "registered_version": version})
+    return {"adapter_dir": result.adapter_dir, "run_id": run.run_id, "version": version,
             "method": config.method, "base_model_path": cfg.base_model_path, **metrics}
 
 

@@ -5,8 +5,6 @@ prompt) and judges the chat models' generated answers in chat_model_evaluation. 
 accuracy above the champion's, where the champion of a first reward model is the "longer answer wins" rule.
 """
 
-from dataclasses import fields
-
 import dagster as dg
 import mlflow
 import numpy as np
@@ -15,20 +13,15 @@ from pydantic import Field
 from feedback_pipeline.datasets.build import read_jsonl
 from feedback_pipeline.defs.release import GateConfig, act_on_decision, decision_check
 from feedback_pipeline.defs.resources import FeedbackStoreResource, MlflowResource, WorkspaceResource
+from feedback_pipeline.defs.trainer_config import BATCH_SIZE, trainer_config
 from feedback_pipeline.evaluation.gate import Evidence, decide, paired_interval, win_outcomes
 from feedback_pipeline.release.champions import reward_champion
 from feedback_pipeline.tracking.registry import CHALLENGER, registration_tags
+from feedback_pipeline.tracking.runs import config_params, training_run
 from feedback_pipeline.training.reward import RewardConfig
 
-_DEFAULTS = {f.name: f.default for f in fields(RewardConfig)}
-
-
-class RewardTrainingConfig(dg.Config):
-    backbone: str = Field(_DEFAULTS["backbone"], description="minilm (cross-encoder) | smollm2 (LoRA) | a local folder.")
-    max_steps: int = Field(_DEFAULTS["max_steps"], description="Optimizer steps.")
-    batch_size: int = Field(_DEFAULTS["per_device_train_batch_size"], description="Pairs per step.")
-    learning_rate: float = Field(_DEFAULTS["learning_rate"], description="Peak AdamW learning rate.")
-    max_length: int = Field(_DEFAULTS["max_length"], description="Tokens of prompt + answer.")
+# RewardConfig's fields, defaults and help (backbone: minilm cross-encoder | smollm2 LoRA | a local folder).
+RewardTrainingConfig = trainer_config(RewardConfig, rename=BATCH_SIZE, name="RewardTrainingConfig")
 
 
 @dg.asset(group_name="reward", kinds={"pytorch", "mlflow"},
@@ -39,27 +32,22 @@ def reward_model(context: dg.AssetExecutionContext, config: RewardTrainingConfig
     from feedback_pipeline.training.reward import main, register_reward_model
 
     tag = f"{config.backbone}-{dpo_dataset['fingerprint'][:12]}"
-    cfg = RewardConfig(train_file=dpo_dataset["train_file"], eval_file=dpo_dataset["eval_file"],
-                       output_dir=str(workspace.path("models", "reward", tag)), backbone=config.backbone,
-                       base_model_path=base_chat_model["path"], max_steps=config.max_steps,
-                       per_device_train_batch_size=config.batch_size, learning_rate=config.learning_rate,
-                       max_length=config.max_length)
+    cfg = config.to_trainer(train_file=dpo_dataset["train_file"], eval_file=dpo_dataset["eval_file"],
+                            output_dir=str(workspace.path("models", "reward", tag)),
+                            base_model_path=base_chat_model["path"])
     mlflow_tracking.activate()
-    with mlflow.start_run(run_name=f"reward-{tag}") as run:
-        mlflow.set_tags({"stage": "reward", "dagster_run_id": context.run.run_id})
-        mlflow.log_params({"backbone": cfg.backbone, "max_steps": cfg.max_steps, "learning_rate": cfg.learning_rate,
-                           "batch_size": cfg.per_device_train_batch_size, "max_length": cfg.max_length,
-                           "dataset_fingerprint": dpo_dataset["fingerprint"]})
+    with training_run(f"reward-{tag}", "reward", context.run.run_id,
+                      {**config_params(cfg), "dataset_fingerprint": dpo_dataset["fingerprint"]}) as run:
         result = main(cfg, log=context.log.info)
-        metrics = {"final_train_loss": result.final_train_loss, "train_runtime_s": result.train_runtime_s}
-        mlflow.log_metrics(metrics)
+        metrics = run.log_metrics({"final_train_loss": result.final_train_loss,
+                                   "train_runtime_s": result.train_runtime_s})
     version = register_reward_model(
-        run.info.run_id, result.model_dir, mlflow_tracking.reward_model_name, alias=CHALLENGER,
+        run.run_id, result.model_dir, mlflow_tracking.reward_model_name, alias=CHALLENGER,
         tags=registration_tags("reward", dpo_dataset, [result.model_dir], model_dir=result.model_dir))
     context.add_output_metadata({**metrics, "steps": result.steps, "backbone": result.backbone,
-                                 "mlflow_run_id": run.info.run_id, "registered_version": version,
+                                 "mlflow_run_id": run.run_id, "registered_version": version,
                                  "model_dir": dg.MetadataValue.path(result.model_dir)})
-    return {"model_dir": result.model_dir, "run_id": run.info.run_id, "version": version,
+    return {"model_dir": result.model_dir, "run_id": run.run_id, "version": version,
             "name": mlflow_tracking.reward_model_name, "dataset_fingerprint": dpo_dataset["fingerprint"]}
 
 

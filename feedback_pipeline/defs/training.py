@@ -3,7 +3,6 @@
 
 import hashlib
 import json
-from dataclasses import asdict
 from pathlib import Path
 
 import dagster as dg
@@ -11,6 +10,8 @@ import mlflow
 from pydantic import Field
 
 from feedback_pipeline.defs.resources import MlflowResource, WorkspaceResource
+from feedback_pipeline.defs.trainer_config import BATCH_SIZE, trainer_config
+from feedback_pipeline.tracking.runs import config_params, training_run
 from feedback_pipeline.training.base_model import prepare_base_chat_model
 from feedback_pipeline.training.chat_sft import ChatSFTConfig, main as train_chat_sft
 
@@ -24,22 +25,13 @@ def base_chat_model(context: dg.AssetExecutionContext, workspace: WorkspaceResou
     return {"path": str(path)}
 
 
-class ChatTrainingConfig(dg.Config):
-    max_steps: int = Field(12, description="Optimizer steps (small by default so the demo runs on a CPU).")
-    batch_size: int = Field(4, description="Examples per step.")
-    learning_rate: float = Field(2e-4, description="AdamW learning rate for the LoRA weights.")
-    lora_r: int = Field(16, description="LoRA rank.")
-    lora_alpha: int = Field(16, description="LoRA scaling numerator.")
-    max_length: int = Field(256, description="Tokens per example (prompt is cut from the left).")
-    seed: int = Field(42, description="Random seed.")
+class ChatTrainingConfig(trainer_config(ChatSFTConfig, rename=BATCH_SIZE)):
+    """ChatSFTConfig's fields (defaults and help from there) plus when to use the eval split."""
+
     eval_during_training: bool = Field(
         False, description="Also report the weighted NLL of the SFT eval split (chat_model_evaluation scores "
-                           "held-out feedback either way; this costs a full pass over the eval split).")
-    early_stopping_patience: int | None = Field(
-        None, description="Evaluate every eval_steps and stop after this many evaluations without improvement, "
-                          "keeping the best checkpoint (None: train all max_steps).")
-    eval_steps: int = Field(10, description="Steps between evaluations (with early stopping).")
-    save_steps: int = Field(10, description="Steps between resumable checkpoints.")
+                           "held-out feedback either way; this costs a full pass over the eval split). Early "
+                           "stopping evaluates on it regardless.")
 
 
 @dg.asset(group_name="training", kinds={"pytorch", "mlflow"},
@@ -51,30 +43,22 @@ def chat_adapter(context: dg.AssetExecutionContext, config: ChatTrainingConfig, 
     config_hash = hashlib.sha256(json.dumps(config.model_dump(), sort_keys=True).encode()).hexdigest()[:8]
     tag = f"{sft_dataset['fingerprint'][:12]}-{config_hash}"
     early = config.early_stopping_patience is not None
-    cfg = ChatSFTConfig(
+    cfg = config.to_trainer(
         base_model_path=base_chat_model["path"], train_file=sft_dataset["train_file"],
         eval_file=sft_dataset["eval_file"] if config.eval_during_training or early else None,
-        output_dir=str(workspace.path("models", "chat_adapters", tag)),
-        max_steps=config.max_steps, per_device_train_batch_size=config.batch_size,
-        learning_rate=config.learning_rate, lora_r=config.lora_r, lora_alpha=config.lora_alpha,
-        max_length=config.max_length, seed=config.seed, early_stopping_patience=config.early_stopping_patience,
-        eval_steps=config.eval_steps, save_steps=config.save_steps, resume=True)
-    with mlflow.start_run(run_name=f"chat-sft-{tag}") as run:
-        mlflow.set_tags({"stage": "chat_sft", "dagster_run_id": context.run.run_id})
-        mlflow.log_params({**{k: v for k, v in asdict(cfg).items() if k != "lora_target_modules"},
-                           "dataset_fingerprint": sft_dataset["fingerprint"],
-                           "train_rows": sft_dataset["counts"]["train"], "eval_rows": sft_dataset["counts"]["eval"]})
+        output_dir=str(workspace.path("models", "chat_adapters", tag)), resume=True)
+    params = {**config_params(cfg), "dataset_fingerprint": sft_dataset["fingerprint"],
+              "train_rows": sft_dataset["counts"]["train"], "eval_rows": sft_dataset["counts"]["eval"]}
+    with training_run(f"chat-sft-{tag}", "chat_sft", context.run.run_id, params) as run:
         result = train_chat_sft(cfg, log=context.log.info)
-        summary = {"final_train_loss": result.final_train_loss, "train_runtime_s": result.train_runtime_s}
-        if result.eval_loss is not None:
-            summary["eval_loss"] = result.eval_loss
-        mlflow.log_metrics(summary)
-        mlflow.log_artifacts(result.adapter_dir, artifact_path="adapter")
-    context.add_output_metadata({**summary, "steps": result.steps, "mlflow_run_id": run.info.run_id,
+        summary = run.log_metrics({"final_train_loss": result.final_train_loss,
+                                   "train_runtime_s": result.train_runtime_s, "eval_loss": result.eval_loss})
+        run.log_artifacts(result.adapter_dir, "adapter")
+    context.add_output_metadata({**summary, "steps": result.steps, "mlflow_run_id": run.run_id,
                                  "stopped_early": result.stopped_early, "resumed_from": result.resumed_from or "none",
                                  "trainable_params": result.trainable_params,
                                  "adapter_dir": dg.MetadataValue.path(result.adapter_dir)})
-    return {"adapter_dir": result.adapter_dir, "run_id": run.info.run_id, "base_model_path": cfg.base_model_path,
+    return {"adapter_dir": result.adapter_dir, "run_id": run.run_id, "base_model_path": cfg.base_model_path,
             "dataset_fingerprint": sft_dataset["fingerprint"], **summary}
 
 

@@ -69,9 +69,29 @@ def register_chat_adapter(run_id: str, adapter_dir: str, base_model_path: str, m
             name="chat_model", python_model=ChatAdapterModel(), artifacts={"adapter": adapter_dir},
             model_config={"base_model_path": base_model_path, "max_new_tokens": 64},
             pip_requirements=_CHAT_REQUIREMENTS)
-    version = mlflow.register_model(info.model_uri, model_name, tags=tags)
+    return register_version(model_name, run_id, model_uri=info.model_uri, alias=alias, tags=tags)
+
+
+def register_version(name: str, run_id: str, *, model_uri: str | None = None, source: str | None = None,
+                     alias: str | None = CHALLENGER, tags: dict | None = None) -> str:
+    """A new version of the registered model ``name`` (created when missing) from ``run_id``: a logged MLflow model
+    (``model_uri``, what ``log_model`` returned) or a folder of the run's artifacts (``source``, its URI); ``alias``
+    (None: none) points at it. Returns the version."""
+    if (model_uri is None) == (source is None):
+        raise ValueError("register_version needs exactly one of model_uri (a logged model) and source (artifacts)")
+    tags = {k: str(v) for k, v in (tags or {}).items()}
     client = MlflowClient()
-    client.set_registered_model_alias(model_name, alias, version.version)
+    if model_uri is not None:
+        version = mlflow.register_model(model_uri, name, tags=tags)
+    else:
+        try:
+            client.create_registered_model(name)
+        except mlflow.exceptions.MlflowException as exc:
+            if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code):
+                raise
+        version = client.create_model_version(name, source=source, run_id=run_id, tags=tags)
+    if alias:
+        client.set_registered_model_alias(name, alias, version.version)
     return str(version.version)
 
 

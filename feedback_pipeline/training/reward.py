@@ -402,25 +402,15 @@ def register_reward_model(run_id: str, model_dir: str, name: str = DEFAULT_REGIS
     """Log the saved reward model folder into ``run_id`` as artifacts under ``reward_model``, register a version of
     ``name`` pointing at it, set ``alias`` on it if given; return the version."""
     import mlflow
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
+
+    from feedback_pipeline.tracking.registry import register_version
 
     if not (Path(model_dir) / REWARD_MODEL_META).is_file():
         raise FileNotFoundError(f"{model_dir} is not a saved reward model ({REWARD_MODEL_META} missing)")
-    client = MlflowClient()
     with mlflow.start_run(run_id=run_id) as run:
         mlflow.log_artifacts(str(model_dir), artifact_path=ARTIFACT_PATH)
         source = f"{run.info.artifact_uri.rstrip('/')}/{ARTIFACT_PATH}"
-    try:
-        client.create_registered_model(name)
-    except MlflowException as exc:
-        if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code):
-            raise
-    version = client.create_model_version(name, source=source, run_id=run_id,
-                                          tags={k: str(v) for k, v in (tags or {}).items()})
-    if alias:
-        client.set_registered_model_alias(name, alias, version.version)
-    return str(version.version)
+    return register_version(name, run_id, source=source, alias=alias, tags=tags)
 
 
 def resolve_reward_model(ref: str | Path, dst_path: str | None = None) -> str:
