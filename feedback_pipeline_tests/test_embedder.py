@@ -17,12 +17,7 @@ import pandas as pd
 import pytest
 import torch
 
-from feedback_pipeline.datasets.embedding_pairs import (
-    export_pairs,
-    mine_hard_negatives,
-    pairs_from_beir,
-    pairs_from_feedback,
-)
+from feedback_pipeline.datasets.embedding_pairs import export_pairs, pairs_from_beir, pairs_from_feedback
 from feedback_pipeline.datasets.splits import _query_key
 from feedback_pipeline.evaluation.retrieval import (
     evaluate_retrieval,
@@ -32,7 +27,8 @@ from feedback_pipeline.evaluation.retrieval import (
     recall_at_k,
     retrieval_metrics,
 )
-from feedback_pipeline.training.embedder import EmbedderConfig, load_pairs, training_datasets
+from feedback_pipeline.training.embedder import EmbedderConfig
+from feedback_pipeline.training.embedder_data import load_pairs, mine_negatives, training_datasets
 from feedback_pipeline_tests.conftest import SHARED_DATA
 
 SCIFACT = SHARED_DATA / "scifact-train"
@@ -99,37 +95,36 @@ def test_pairs_from_beir_holds_out_queries():
     assert pairs_from_beir(SCIFACT, 0.1, seed=1)[1] != eval_queries
 
 
-class _TableEncoder:
-    """Fixed unit vectors per text: the mining logic is checked without a neural model."""
-
-    def __init__(self, vectors):
-        self.vectors = {t: torch.nn.functional.normalize(torch.tensor(v, dtype=torch.float32), dim=0)
-                        for t, v in vectors.items()}
-
-    def _encode(self, texts, **_):
-        return torch.stack([self.vectors[t] for t in texts])
-
-    encode_query = encode_document = _encode
+def test_pairs_from_beir_zero_holdout_trains_on_every_claim():
+    train, eval_queries, corpus, eval_qrels = pairs_from_beir(SCIFACT, split_fraction=0.0)
+    assert eval_queries == {} and eval_qrels == {}
+    assert len(train) == 919  # every judged (claim, abstract) of SciFact's training split
+    with pytest.raises(ValueError, match="holdout_fraction"):
+        pairs_from_beir(SCIFACT, split_fraction=1.0)
 
 
-def test_mine_hard_negatives_skips_positives_and_near_duplicates():
-    angle = {"q": 0.0, "pos": 0.30, "other_pos": 0.10, "twin": 0.31, "hard": 0.6, "mid": 0.9, "far": 1.4}
-    encoder = _TableEncoder({t: [math.cos(a), math.sin(a)] for t, a in angle.items()})
-    corpus = {t: t for t in ("pos", "other_pos", "twin", "hard", "mid", "far")}
-    pairs = pd.DataFrame({"query": ["q", "q"], "positive": ["pos", "other_pos"], "negative": [None, None],
-                          "feedback_id": ["a", "b"], "split": ["train", "train"]})
-    mined = mine_hard_negatives(pairs, corpus, encoder, relative_margin=0.05, range_max=5)
-    # "other_pos" is a known positive; "twin" scores within 5% of the weakest positive: a likely false negative.
-    assert list(mined["negative"]) == ["hard", "hard"]
-    assert mined["negative_score"].iloc[0] == pytest.approx(math.cos(0.6), abs=1e-6)
-    two = mine_hard_negatives(pairs, corpus, encoder, relative_margin=None, num_negatives=2, range_max=5)
-    assert list(two["negative"]) == ["twin", "hard", "twin", "hard"]  # no margin: the near-duplicate is hardest
-    assert list(two["feedback_id"]) == ["a", "a", "b", "b"]  # one row per mined negative
-    skipped = mine_hard_negatives(pairs, corpus, encoder, relative_margin=0.05, range_min=1, range_max=5)
-    assert set(skipped["negative"]) == {"mid"}
-    given = pairs.assign(negative=["far", None])
-    kept = mine_hard_negatives(given, corpus, encoder)
-    assert list(kept["negative"]) == ["far", "hard"]
+def test_mine_negatives_uses_library_miner_and_never_returns_a_positive(scifact_slice, small_model):
+    rows = [{"query": q, "positive": p, "negatives": [], "score": None}
+            for q, p in zip(scifact_slice.train["query"], scifact_slice.train["positive"])]
+    corpus = list(scifact_slice.corpus.values())
+    lines: list[str] = []
+    mined = mine_negatives(rows, corpus, small_model, num_negatives=2, range_min=0, range_max=20,
+                           relative_margin=0.05, absolute_margin=None, max_score=None, sampling="top",
+                           batch_size=32, log=lines.append)
+    assert len(mined) == len(rows)  # nothing dropped: a pair without enough candidates keeps no negative
+    positives_of: dict[str, set[str]] = {}
+    for r in rows:
+        positives_of.setdefault(r["query"], set()).add(r["positive"])
+    with_negatives = [r for r in mined if r["negatives"]]
+    assert len(with_negatives) >= 0.8 * len(rows) and all(len(r["negatives"]) == 2 for r in with_negatives)
+    for r in with_negatives:
+        assert not set(r["negatives"]) & positives_of[r["query"]]  # every positive of a repeated query excluded
+        assert set(r["negatives"]) <= set(corpus)
+    assert "hard negatives" in lines[0]
+    stricter = mine_negatives(rows, corpus, small_model, num_negatives=2, range_min=0, range_max=20,
+                              relative_margin=None, absolute_margin=None, max_score=0.0, sampling="top",
+                              batch_size=32, log=lines.append)
+    assert sum(bool(r["negatives"]) for r in stricter) < len(with_negatives)  # max_score filters candidates
 
 
 def test_export_pairs_writes_formats_and_content_fingerprint(tmp_path):
@@ -237,22 +232,34 @@ def test_config_validation(tmp_path):
     path.write_text(json.dumps({"train_file": "t.jsonl", "output_dir": "o", "loss": "triplet", "max_steps": 5}))
     cfg = EmbedderConfig.from_json_file(path)
     assert (cfg.loss, cfg.max_steps, cfg.batch_size, cfg.learning_rate, cfg.base_model_path) == (
-        "triplet", 5, 32, 2e-5, "")
+        "triplet", 5, 128, 6e-5, "")
     with pytest.raises(ValueError, match="Unknown"):
         EmbedderConfig.from_dict({"train_file": "t", "output_dir": "o", "epoch": 2})
     with pytest.raises(ValueError, match="all or none"):
         EmbedderConfig(train_file="t", output_dir="o", eval_queries="q.json")
     with pytest.raises(ValueError, match="loss"):
         EmbedderConfig(train_file="t", output_dir="o", loss="infonce")
-    rows = [{"query": "q", "positive": "p", "negative": None, "score": None}]
+    with pytest.raises(ValueError, match="exactly one of train_file and beir_dir"):
+        EmbedderConfig(output_dir="o")
+    with pytest.raises(ValueError, match="holdout_fraction needs beir_dir"):
+        EmbedderConfig(train_file="t", output_dir="o", holdout_fraction=0.2)
+    with pytest.raises(ValueError, match="mine_range_min"):
+        EmbedderConfig(beir_dir="b", output_dir="o", mine_negatives=5, mine_range_min=48, mine_range_max=50)
+    rows = [{"query": "q", "positive": "p", "negatives": [], "score": None}]
     with pytest.raises(ValueError, match="cosine"):
         training_datasets(rows, "cosine")
     with pytest.raises(ValueError, match="triplet"):
         training_datasets(rows, "triplet")
-    mixed = training_datasets(rows + [{"query": "q2", "positive": "p2", "negative": "n2", "score": None}], "mnrl")
-    assert set(mixed) == {"pairs", "triplets"} and mixed["triplets"].column_names == ["anchor", "positive", "negative"]
-    cosine = training_datasets(rows + [{"query": "q2", "positive": "p2", "negative": "n2", "score": None}], "cosine")
+    one = {"query": "q2", "positive": "p2", "negatives": ["n2"], "score": None}
+    three = {"query": "q3", "positive": "p3", "negatives": ["a", "b", "c"], "score": None}
+    mixed = training_datasets(rows + [one, three], "cached_mnrl")
+    assert set(mixed) == {"pairs", "triplets", "tuples_3"}
+    assert mixed["triplets"].column_names == ["anchor", "positive", "negative"]
+    assert mixed["tuples_3"].column_names == ["anchor", "positive", "negative_1", "negative_2", "negative_3"]
+    cosine = training_datasets(rows + [one], "cosine")
     assert cosine["score"] == [1.0, 1.0, 0.0]
+    path.write_text('{"query": "q", "positive": "p", "negative": ["n1", "n2"]}\n{"query": "q", "positive": "p"}\n')
+    assert [r["negatives"] for r in load_pairs(path)] == [["n1", "n2"], []]
 
 
 @pytest.fixture(scope="session")
@@ -264,13 +271,12 @@ def trained(scifact_slice, small_model, tmp_path_factory):
     from feedback_pipeline.training.embedder import main, register_embedder
 
     work = tmp_path_factory.mktemp("embedder")
-    mined = mine_hard_negatives(scifact_slice.train, scifact_slice.corpus, small_model, relative_margin=0.05)
-    paths = export_pairs(mined, work / "pairs")
+    paths = export_pairs(scifact_slice.train, work / "pairs")
     for name, obj in (("queries", scifact_slice.queries), ("corpus", scifact_slice.corpus),
                       ("qrels", scifact_slice.qrels)):
         (work / f"{name}.json").write_text(json.dumps(obj))
     cfg = EmbedderConfig(train_file=str(paths["train"]), output_dir=str(work / "model"), max_steps=3, batch_size=8,
-                         max_seq_length=64, learning_rate=1e-4, eval_queries=str(work / "queries.json"),
+                         max_seq_length=64, learning_rate=1e-4, loss="mnrl", mine_negatives=1, mine_range_min=0, eval_queries=str(work / "queries.json"),
                          eval_corpus=str(work / "corpus.json"), eval_qrels=str(work / "qrels.json"))
     previous_uri = mlflow.get_tracking_uri()
     lines: list[str] = []
@@ -286,7 +292,7 @@ def trained(scifact_slice, small_model, tmp_path_factory):
         artifacts = [a.path for a in client.list_artifacts(run.info.run_id, "embedding_model_training")]
     finally:
         mlflow.set_tracking_uri(previous_uri)
-    return SimpleNamespace(cfg=cfg, result=result, mined=mined, lines=lines, loss_history=loss_history,
+    return SimpleNamespace(cfg=cfg, result=result, lines=lines, loss_history=loss_history,
                            version=version, alias=alias, registered=registered, artifacts=artifacts)
 
 
@@ -294,8 +300,8 @@ def test_short_training_run_changes_weights_with_finite_loss(trained):
     result = trained.result
     assert result.steps == 3 and result.weights_changed
     assert len(result.loss_history) == 3 and all(math.isfinite(v) for _, v in result.loss_history)
-    assert result.n_train_examples == len(trained.mined)
-    assert trained.mined["negative"].notna().sum() > 30  # mining found negatives for (almost) every pair
+    assert result.n_train_examples == 40
+    assert result.mined_pairs > 30  # the trainer mined a negative for (almost) every pair
     assert set(result.eval_before) >= {"ndcg_at_10", "mrr_at_10"} and set(result.eval_after) == set(result.eval_before)
     assert [m.step for m in trained.loss_history] == [1, 2, 3]  # MlflowStepLogger wrote into the caller's run
     assert any("step 3/3" in line for line in trained.lines)
@@ -321,3 +327,43 @@ def test_saved_model_reloads_with_its_story(trained):
 def test_registered_version_has_challenger_alias(trained):
     assert str(trained.alias.version) == trained.version == "1"
     assert trained.artifacts == ["embedding_model_training/training_config.json"]
+
+
+def _write_beir(folder: Path, split: str, corpus: dict, queries: dict, qrels: dict) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "corpus.jsonl").write_text("".join(json.dumps({"_id": d, "title": "", "text": t}) + "\n"
+                                                 for d, t in corpus.items()))
+    (folder / f"queries-{split}.jsonl").write_text("".join(json.dumps({"_id": q, "text": t}) + "\n"
+                                                           for q, t in queries.items()))
+    (folder / f"qrels-{split}.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(
+        f"{q}\t{d}\t{r}\n" for q, rel in qrels.items() for d, r in rel.items()))
+    return folder
+
+
+def test_one_command_from_beir_folder_to_validated_tested_model(tmp_path, scifact_slice):
+    """The trainer's CLI alone: BEIR folder in, hard negatives mined, validation fold held out, best epoch kept,
+    a separate test split scored before and after."""
+    from feedback_pipeline.datasets.embedding_pairs import load_beir
+    from feedback_pipeline.training.embedder import cli
+
+    corpus, queries, qrels = load_beir(SCIFACT, "train")
+    train_q = sorted(qrels, key=lambda q: (len(q), q))[:36]
+    docs = {d: corpus[d] for q in train_q for d in qrels[q]}
+    docs.update({d: t for d, t in scifact_slice.corpus.items()})
+    train_dir = _write_beir(tmp_path / "train", "train", docs, {q: queries[q] for q in train_q},
+                            {q: qrels[q] for q in train_q})
+    test_dir = _write_beir(tmp_path / "test", "test", docs, scifact_slice.queries, scifact_slice.qrels)
+    out = tmp_path / "model"
+    cli(["--beir_dir", str(train_dir), "--holdout_fraction", "0.25", "--test_beir_dir", str(test_dir),
+         "--output_dir", str(out), "--epochs", "3", "--early_stopping_patience", "1", "--batch_size", "8",
+         "--mini_batch_size", "4", "--max_seq_length", "48", "--mine_negatives", "1", "--mine_range_min", "0",
+         "--learning_rate", "1e-4"])
+    story = json.loads((out / "training_config.json").read_text())
+    assert story["config"]["loss"] == "cached_mnrl" and story["mined_pairs"] > 0
+    assert story["n_pairs"] < sum(len(qrels[q]) for q in train_q)  # the validation claims were not trained on
+    history = story["validation_history"]
+    assert 1 <= len(history) <= 3 and story["best_step"] in [s for s, _ in history]
+    best = max(v for _, v in history)
+    assert story["eval_after"]["ndcg_at_10"] == pytest.approx(best, abs=1e-6)  # the best epoch is what was saved
+    assert set(story["test_before"]) == set(story["test_after"]) >= {"ndcg_at_10", "mrr_at_10"}
+    assert not (out / "checkpoints").exists()

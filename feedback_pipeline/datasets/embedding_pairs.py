@@ -116,32 +116,44 @@ def load_beir(folder: str | Path, split: str = "train") -> tuple[dict[str, str],
     return corpus, queries, dict(qrels)
 
 
-def pairs_from_beir(folder: str | Path, split_fraction: float = 0.1, seed: int = 0
-                    ) -> tuple[pd.DataFrame, dict[str, str], dict[str, str], dict[str, dict[str, int]]]:
-    """Hold out ``split_fraction`` of the judged training *queries* (queries with the same normalised text stay
-    together) for validation; return (train pairs, held-out queries, corpus, held-out qrels). No pair of a
-    held-out query is in the training pairs."""
-    if not 0.0 < split_fraction < 1.0:
-        raise ValueError(f"split_fraction must lie in (0, 1), got {split_fraction}")
-    corpus, queries, qrels = load_beir(folder, "train")
+def split_beir_queries(folder: str | Path, split: str = "train", holdout_fraction: float = 0.1, seed: int = 0
+                       ) -> tuple[dict[str, str], dict[str, dict[str, int]], dict[str, str], dict[str, dict[str, int]]]:
+    """(corpus, kept qrels, queries, held-out qrels): ``holdout_fraction`` of the judged queries of ``split`` are
+    held out, whole groups of identical (normalised) text at a time, in a seeded random order; 0 holds out none."""
+    if not 0.0 <= holdout_fraction < 1.0:
+        raise ValueError(f"holdout_fraction must lie in [0, 1), got {holdout_fraction}")
+    corpus, queries, qrels = load_beir(folder, split)
+    if not qrels:
+        raise ValueError(f"{folder}: qrels-{split}.tsv judges no query of queries-{split}.jsonl relevant to a document")
     groups: dict[str, list[str]] = defaultdict(list)
     for qid in sorted(qrels, key=lambda q: (len(q), q)):
         groups[_query_key(queries[qid])].append(qid)
     keys = sorted(groups)
     order = np.random.default_rng(seed).permutation(len(keys))
-    n_eval = max(1, round(len(qrels) * split_fraction))
+    n_eval = round(len(qrels) * holdout_fraction)
+    if holdout_fraction > 0:
+        n_eval = max(1, n_eval)
     held_out: list[str] = []
     for index in order:
         if len(held_out) >= n_eval:
             break
         held_out.extend(groups[keys[index]])
     held = set(held_out)
+    kept = {q: dict(rel) for q, rel in qrels.items() if q not in held}
+    return corpus, kept, queries, {q: dict(qrels[q]) for q in held_out}
+
+
+def pairs_from_beir(folder: str | Path, split_fraction: float = 0.1, seed: int = 0
+                    ) -> tuple[pd.DataFrame, dict[str, str], dict[str, str], dict[str, dict[str, int]]]:
+    """Hold out ``split_fraction`` of the judged training *queries* (queries with the same normalised text stay
+    together; 0 holds out none); return (train pairs, held-out queries, corpus, held-out qrels). No pair of a
+    held-out query is in the training pairs."""
+    corpus, kept, queries, held = split_beir_queries(folder, "train", split_fraction, seed)
     records = [{"query": queries[qid], "positive": corpus[doc_id], "negative": None, "feedback_id": f"beir:{qid}",
                 "split": "train", "positive_id": doc_id, "negative_id": None, "negative_feedback_id": None}
-               for qid in sorted(qrels, key=lambda q: (len(q), q)) if qid not in held
-               for doc_id in sorted(qrels[qid])]
+               for qid in sorted(kept, key=lambda q: (len(q), q)) for doc_id in sorted(kept[qid])]
     train = pd.DataFrame.from_records(records, columns=PAIR_COLUMNS)
-    return (train, {q: queries[q] for q in held_out}, corpus, {q: dict(qrels[q]) for q in held_out})
+    return train, {q: queries[q] for q in held}, corpus, held
 
 
 # ---------------------------------------------------------------------------------------------------------------------
