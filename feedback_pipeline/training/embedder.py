@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from transformers import TrainerCallback
 
@@ -54,7 +54,8 @@ logger = logging.getLogger(__name__)
 _HAS_MLFLOW = importlib.util.find_spec("mlflow") is not None
 
 TRAINING_CONFIG_NAME = "training_config.json"
-LOSSES = ("cached_mnrl", "mnrl", "cosine", "triplet")
+EmbedderLoss = Literal["cached_mnrl", "mnrl", "cosine", "triplet"]
+LOSSES: tuple[str, ...] = get_args(EmbedderLoss)
 _REQUIREMENTS = ["torch==2.13.0", "transformers==5.23.0", "sentence-transformers==6.2.0"]
 
 
@@ -80,7 +81,7 @@ class EmbedderConfig(JsonConfig):
     eval_corpus: str | None = field(default=None, metadata={"help": "Validation set: JSON {doc id: text}."})
     eval_qrels: str | None = field(
         default=None, metadata={"help": "Validation set: JSON {query id: {doc id: relevance}}."})
-    loss: str = field(default="cached_mnrl", metadata={"help": "cached_mnrl | mnrl | cosine | triplet."})
+    loss: EmbedderLoss = field(default="cached_mnrl", metadata={"help": "cached_mnrl | mnrl | cosine | triplet."})
     mine_negatives: int = field(default=1, metadata={
         "help": "Hard negatives mined per pair without one (0 = none; needs an in-batch loss or triplet)."})
     mine_range_min: int = field(default=0, metadata={"help": "Skip the model's top-N candidates when mining."})
@@ -90,7 +91,7 @@ class EmbedderConfig(JsonConfig):
     mine_absolute_margin: float | None = field(default=None, metadata={
         "help": "Skip candidates scoring above positive - margin."})
     mine_max_score: float | None = field(default=None, metadata={"help": "Skip candidates scoring above this."})
-    mine_sampling: str = field(default="top", metadata={"help": "top | random: which surviving candidates."})
+    mine_sampling: Literal["top", "random"] = field(default="top", metadata={"help": "top | random: which surviving candidates."})
     epochs: float = field(default=6.0, metadata={
         "help": "Passes over the training pairs (ignored if max_steps > 0); with a validation set, the most."})
     max_steps: int = field(default=0, metadata={"help": "Optimizer steps; 0 = run `epochs` passes."})
