@@ -3,7 +3,8 @@
 From feedback: the documents retrieved for a *liked* answer are positives for its query (the answer itself when the
 turn had no retrieved context); the documents behind a *disliked* answer to the same query are its negatives,
 unless they were also behind a liked one (then the dislike was about the generation, not the retrieval). A dislike
-is noisy evidence against a document, so negatives are optional; ``mine_hard_negatives`` fills the gaps.
+is noisy evidence against a document, so negatives are optional; the trainer mines the rest
+(``EmbedderConfig.mine_negatives``, sentence-transformers' ``mine_hard_negatives``).
 
 The split comes from ``assign_split`` (whole conversations / identical queries on one side), so no query is in
 both the training pairs and the evaluation pairs.
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,6 @@ import pandas as pd
 from feedback_pipeline.datasets.build import InsufficientDataError, trainable_rows
 from feedback_pipeline.datasets.splits import _query_key
 
-logger = logging.getLogger(__name__)
 
 PAIR_COLUMNS = ["query", "positive", "negative", "feedback_id", "split", "positive_id", "negative_id",
                 "negative_feedback_id"]
@@ -154,91 +153,6 @@ def pairs_from_beir(folder: str | Path, split_fraction: float = 0.1, seed: int =
                for qid in sorted(kept, key=lambda q: (len(q), q)) for doc_id in sorted(kept[qid])]
     train = pd.DataFrame.from_records(records, columns=PAIR_COLUMNS)
     return train, {q: queries[q] for q in held}, corpus, held
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Hard negatives
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-def mine_hard_negatives(pairs: pd.DataFrame, corpus_texts: dict[str, str] | list[str], model, *,
-                        num_negatives: int = 1, range_min: int = 0, range_max: int = 50,
-                        relative_margin: float | None = 0.05, absolute_margin: float | None = None,
-                        max_score: float | None = None, corpus_embeddings=None, batch_size: int = 64
-                        ) -> pd.DataFrame:
-    """Fill a missing ``negative`` with the corpus documents the model ranks highest for the query that are not
-    known positives of that query (by text: every positive of every pair with the same query).
-
-    Same semantics as ``sentence_transformers.util.mine_hard_negatives`` (TopK with a margin, as in NV-Retriever):
-    candidates scoring above ``min positive score - |min positive score| * relative_margin`` (or within
-    ``absolute_margin`` of it, or above ``max_score``) are skipped as likely unlabelled positives, then the first
-    ``range_min`` survivors are skipped and the next ``num_negatives`` taken from the top ``range_max``. A pair gets
-    one row per mined negative; rows that already have a negative are kept as they are; a pair without any valid
-    candidate keeps ``negative=None``. The library function is not called because it always encodes the corpus
-    itself: pass ``corpus_embeddings`` (normalised, aligned with ``corpus_texts``) to reuse an evaluation's pass.
-    """
-    import torch
-
-    if num_negatives < 1 or range_min < 0 or range_min + num_negatives > range_max:
-        raise ValueError("need num_negatives >= 1, range_min >= 0 and range_min + num_negatives <= range_max")
-    ids = list(corpus_texts) if isinstance(corpus_texts, dict) else [str(i) for i in range(len(corpus_texts))]
-    texts = list(corpus_texts.values()) if isinstance(corpus_texts, dict) else list(corpus_texts)
-    pairs = pairs.reset_index(drop=True)
-    todo = pairs["negative"].isna() if "negative" in pairs else pd.Series(True, index=pairs.index)
-    if not todo.any() or not texts:
-        return pairs.copy()
-    if corpus_embeddings is None:
-        corpus_embeddings = model.encode_document(texts, batch_size=batch_size, convert_to_tensor=True,
-                                                  normalize_embeddings=True)
-    corpus_embeddings = torch.as_tensor(corpus_embeddings).float().cpu()
-    if corpus_embeddings.shape[0] != len(texts):
-        raise ValueError(f"corpus_embeddings has {corpus_embeddings.shape[0]} rows for {len(texts)} documents")
-
-    known: dict[str, set[str]] = defaultdict(set)
-    for query, positive in zip(pairs["query"], pairs["positive"]):
-        known[query].add(positive)
-    queries = sorted(set(pairs.loc[todo, "query"]))
-    positive_texts = sorted({p for q in queries for p in known[q]})
-    text_rows: dict[str, list[int]] = defaultdict(list)
-    for row, text in enumerate(texts):
-        text_rows[text].append(row)
-    encode = dict(batch_size=batch_size, convert_to_tensor=True, normalize_embeddings=True)
-    q_emb = model.encode_query(queries, **encode).float().cpu()
-    missing = [p for p in positive_texts if p not in text_rows]
-    extra = dict(zip(missing, model.encode_document(missing, **encode).float().cpu())) if missing else {}
-    p_emb = {p: corpus_embeddings[text_rows[p][0]] if p in text_rows else extra[p] for p in positive_texts}
-
-    k = min(range_max + max(len(known[q]) for q in queries), len(texts))
-    scores = q_emb @ corpus_embeddings.T
-    top_scores, top_rows = torch.topk(scores, k=k, dim=1)
-    mined: dict[str, list[tuple[str, str, float]]] = {}
-    for qi, query in enumerate(queries):
-        excluded = {row for p in known[query] for row in text_rows.get(p, [])}
-        min_pos = min(float(q_emb[qi] @ p_emb[p]) for p in known[query])
-        ceiling = float("inf")
-        if relative_margin is not None:
-            ceiling = min(ceiling, min_pos - abs(min_pos) * relative_margin)
-        if absolute_margin is not None:
-            ceiling = min(ceiling, min_pos - absolute_margin)
-        if max_score is not None:
-            ceiling = min(ceiling, max_score)
-        candidates = [(int(r), float(s)) for r, s in zip(top_rows[qi], top_scores[qi])
-                      if int(r) not in excluded and float(s) <= ceiling][:range_max]
-        mined[query] = [(ids[r], texts[r], s) for r, s in candidates[range_min:range_min + num_negatives]]
-
-    out = []
-    for index, row in pairs.iterrows():
-        record = row.to_dict()
-        if not todo[index] or not mined.get(row["query"]):
-            out.append(record)
-            continue
-        for doc_id, text, score in mined[row["query"]]:
-            out.append({**record, "negative": text, "negative_id": doc_id, "negative_score": score})
-    result = pd.DataFrame.from_records(out)
-    found = sum(1 for q in queries if mined[q])
-    logger.info("hard negatives: %d of %d queries got %d each; %d pairs still without a negative",
-                found, len(queries), num_negatives, int(result["negative"].isna().sum()))
-    return result
 
 
 # ---------------------------------------------------------------------------------------------------------------------
