@@ -5,7 +5,8 @@ from datetime import datetime, timezone
 import dagster as dg
 
 from feedback_pipeline.definitions import build_definitions, defs
-from feedback_pipeline.defs.automation import (RELEASE_DECISIONS, build_retraining_sensor,
+from feedback_pipeline.defs.automation import (JOB_ASSETS, RELEASE_DECISIONS, build_retraining_sensor,
+                                               last_dataset_watermark, parse_watermark,
                                                weekly_error_analysis_schedule, weekly_retraining_schedule)
 from feedback_pipeline.defs.resources import FeedbackStoreResource
 from feedback_pipeline.ingestion.records import normalise_record
@@ -50,6 +51,30 @@ def test_sensor_counts_from_the_last_dataset_watermark(store):
     _add_rated(store, 55, "b")
     result, _ = _evaluate(sensor, store, instance)
     assert len(result.run_requests) == 1 and result.run_requests[0].tags["new_rated_rows"] == "55"
+
+
+def test_a_dataset_without_rated_rows_records_a_null_watermark():
+    """None, not a sentinel string: a null metadata value reads back as no watermark (as does the "none" text that
+    earlier materializations recorded)."""
+    instance = dg.DagsterInstance.ephemeral()
+    assert last_dataset_watermark(instance) is None
+    instance.report_runless_asset_event(dg.AssetMaterialization(asset_key="sft_dataset",
+                                                                metadata={"data_watermark": None}))
+    assert last_dataset_watermark(instance) is None
+    assert parse_watermark("none") is None and parse_watermark(None) is None
+    stamp = datetime(2026, 1, 2, 3, 4, tzinfo=timezone.utc)
+    assert parse_watermark(stamp.isoformat()) == stamp == parse_watermark(stamp)
+
+
+def test_jobs_name_their_assets_and_hold_their_whole_upstream():
+    """Selections are named positively (no `upstream() - x`): a new asset joins a job only when it is listed, and a
+    new input of a listed asset must be listed too, or its job would read a stale materialization."""
+    graph = defs.resolve_asset_graph()
+    for job, names in JOB_ASSETS.items():
+        selected = {k.to_user_string() for k in defs.resolve_job_def(job).asset_layer.selected_asset_keys}
+        assert selected == set(names), job
+        upstream = dg.AssetSelection.assets(*names).upstream().resolve(graph)
+        assert {k.to_user_string() for k in upstream} == set(names), job
 
 
 def test_weekly_schedule_requests_retraining_on_sunday():

@@ -56,12 +56,12 @@ def test_full_graph_trains_every_family_and_decides_each(postgres_url, tmp_path,
     # Each candidate was compared with version 0 (nothing was champion yet) and decided.
     decisions = {name: result.output_for_node(name) for name in RELEASE_DECISIONS}
     for name, decision in decisions.items():
-        assert decision["decision"] in ("promote", "keep", "needs_review"), name
-        assert decision["compared_with"] is None
+        assert decision.decision in ("promote", "keep", "needs_review"), name
+        assert decision.compared_with is None
     evaluation = result.output_for_node("chat_model_evaluation")
-    comparison = evaluation["comparison"]
-    assert evaluation["champion"] == "base (version 0)"
-    assert evaluation["judge"].startswith(settings.reward_model_name)
+    comparison = evaluation.comparison
+    assert evaluation.champion == "base (version 0)"
+    assert evaluation.judge.startswith(settings.reward_model_name)
     assert comparison.win["n"] == 4 and 0 <= comparison.win["lc_win_rate"] <= 1
     assert {"liked_logprob", "preference_accuracy", "preference_margin", "reward", "gold_sentence_chrf"} <= set(comparison.intervals)
 
@@ -70,37 +70,37 @@ def test_full_graph_trains_every_family_and_decides_each(postgres_url, tmp_path,
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     client = MlflowClient(settings.mlflow_tracking_uri)
     chat = decisions["chat_promotion_decision"]
-    version = client.get_model_version(settings.chat_model_name, chat["version"])
-    assert version.tags["family"] == "chat_sft" and version.tags["gate_decision"] == chat["decision"]
+    version = client.get_model_version(settings.chat_model_name, chat.version)
+    assert version.tags["family"] == "chat_sft" and version.tags["gate_decision"] == chat.decision
     assert version.tags["dataset_fingerprint"] == result.output_for_node("sft_dataset")["fingerprint"]
     embedder = decisions["embedder_promotion_decision"]
-    assert client.get_model_version(settings.embedding_model_name, embedder["version"]).tags["family"] == "embedder"
+    assert client.get_model_version(settings.embedding_model_name, embedder.version).tags["family"] == "embedder"
     rows = deployments(store)
     assert len(rows) == len(RELEASE_DECISIONS)
-    assert {(r.model_name, r.version) for r in rows} == {(d["name"], d["version"]) for d in decisions.values()}
+    assert {(r.model_name, r.version) for r in rows} == {(d.name, d.version) for d in decisions.values()}
     for d in decisions.values():
-        champion = d["version"] if d["decision"] == "promote" else None
-        assert d["champion"] == champion
-    run = client.get_run(chat["mlflow_run_id"])
-    assert "gate_lc_win_rate" in run.data.metrics and run.data.tags["gate_decision"] == chat["decision"]
+        champion = d.version if d.decision == "promote" else None
+        assert d.champion == champion
+    run = client.get_run(chat.mlflow_run_id)
+    assert "gate_lc_win_rate" in run.data.metrics and run.data.tags["gate_decision"] == chat.decision
     assert "gate/decision.json" in {a.path for a in client.list_artifacts(run.info.run_id, "gate")}
 
-    model = mlflow.pyfunc.load_model(f"models:/{settings.chat_model_name}/{chat['version']}")
+    model = mlflow.pyfunc.load_model(f"models:/{settings.chat_model_name}/{chat.version}")
     reply = model.predict(["Say hello."])
     assert isinstance(reply[0], str) and reply[0].strip()
 
     # A champion now serves: the next candidate is compared with it (its adapter, not the base), on the same data.
-    promote(client, store, settings.chat_model_name, chat["version"], reason="test", actor="test", source="manual")
+    promote(client, store, settings.chat_model_name, chat.version, reason="test", actor="test", source="manual")
     selected = ("chat_preference_evaluation", "chat_preference_promotion_decision")
     again = defs.resolve_job_def("retraining_job").execute_in_process(
         run_config={"ops": {"chat_preference_evaluation": RUN_CONFIG["ops"]["chat_preference_evaluation"]}},
         instance=instance, asset_selection=[dg.AssetKey(k) for k in selected])
     assert again.success
-    assert again.output_for_node("chat_preference_evaluation")["champion"] == f"{settings.chat_model_name}/{chat['version']}"
+    assert again.output_for_node("chat_preference_evaluation").champion == f"{settings.chat_model_name}/{chat.version}"
     second = again.output_for_node("chat_preference_promotion_decision")
-    assert second["compared_with"] == chat["version"] and second["decision"] == "keep"  # 4 prompts decide nothing
-    assert str(client.get_model_version_by_alias(settings.chat_model_name, "champion").version) == chat["version"]
+    assert second.compared_with == chat.version and second.decision == "keep"  # 4 prompts decide nothing
+    assert str(client.get_model_version_by_alias(settings.chat_model_name, "champion").version) == chat.version
 
     summary = pipeline_summary(settings, instance)
-    assert "chat_promotion_decision" in summary and f"decision={chat['decision']}" in summary
+    assert "chat_promotion_decision" in summary and f"decision={chat.decision}" in summary
     assert "rows=400" in summary

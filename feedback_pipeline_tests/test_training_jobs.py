@@ -39,12 +39,12 @@ def test_dpo_adapter_is_trained_tracked_and_registered(tmp_path, base_model_dir)
     out = result.output_for_node("chat_preference_adapter")
     client = MlflowClient(settings.mlflow_tracking_uri)
     version = client.get_model_version_by_alias(settings.chat_model_name, "challenger")
-    assert str(version.version) == out["version"] and version.tags["method"] == "dpo"
+    assert str(version.version) == out.version and version.tags["method"] == "dpo"
     assert version.tags["family"] == "chat_preference"
-    assert client.get_run(out["run_id"]).data.params["dataset_fingerprint"] == dpo["fingerprint"]
+    assert client.get_run(out.run_id).data.params["dataset_fingerprint"] == dpo["fingerprint"]
     # 4 generated answers decide nothing: the gate keeps the champion (version 0) and says why
     decision = result.output_for_node("chat_preference_promotion_decision")
-    assert decision["decision"] == "keep" and "fewer than the 20" in decision["reasons"][0]
+    assert decision.decision == "keep" and "fewer than the 20" in decision.reasons[0]
 
 
 def test_embedder_is_trained_tracked_and_registered(tmp_path, base_model_dir):
@@ -60,8 +60,8 @@ def test_embedder_is_trained_tracked_and_registered(tmp_path, base_model_dir):
     out = result.output_for_node("embedding_model")
     client = MlflowClient(settings.mlflow_tracking_uri)
     decision = result.output_for_node("embedder_promotion_decision")
-    assert decision["version"] == out["version"] and decision["decision"] in ("promote", "keep")
+    assert decision.version == out["version"] and decision.decision in ("promote", "keep")
     evaluation = result.output_for_node("embedding_model_evaluation")
     assert {"ndcg@10", "mrr@10", "recall@10"} == set(evaluation["intervals"])
-    alias = "champion" if decision["decision"] == "promote" else "challenger"
+    alias = "champion" if decision.decision == "promote" else "challenger"
     assert str(client.get_model_version_by_alias(settings.embedding_model_name, alias).version) == out["version"]

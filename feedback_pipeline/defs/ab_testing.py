@@ -23,7 +23,8 @@ from pydantic import Field
 from feedback_pipeline.analysis.plots import png_markdown
 from feedback_pipeline.defs.release import json_safe
 from feedback_pipeline.defs.resources import FeedbackStoreResource, MlflowResource, WorkspaceResource
-from feedback_pipeline.evaluation.ab_stats import DEPLOY, KEEP, AbPolicy, AbResult, evaluate, like_rate_plot
+from feedback_pipeline.evaluation.ab_stats import (DEPLOY, KEEP, AbDecision, AbPolicy, AbResult, evaluate,
+                                                   like_rate_plot)
 from feedback_pipeline.release.models import CHAMPION, alias_target, promote, record_decision
 from feedback_pipeline.store.experiments import (CHAT_RESPONSES, Experiment, arm_outcomes, get_experiment,
                                                  list_experiments, stop_experiment)
@@ -72,7 +73,7 @@ def evaluate_experiment(store: FeedbackStore, experiment: Experiment, policy: Ab
 @dataclass(frozen=True)
 class AbAction:
     experiment: str
-    decision: str
+    decision: AbDecision
     acted: bool  # the experiment was stopped (and promoted on deploy)
     model: str | None = None
     version: str | None = None

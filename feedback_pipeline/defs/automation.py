@@ -11,30 +11,52 @@ from feedback_pipeline.store.repository import FeedbackStore
 
 WEEKLY_DATASETS = ("weekly_sft_dataset", "weekly_kto_dataset")
 
-# Every stage from raw feedback to a promotion decision, for every model family, named positively so that a new
-# asset joins a job only when it is added here.
+# The assets of each job, by stage, named positively: a new asset joins a job only when it is added here, and
+# test_automation checks that every job's list holds its assets' whole upstream (so nothing is read stale).
+FEEDBACK = ("raw_feedback", "cleaned_feedback")
+REPORTS = ("feedback_quality_report", "error_patterns", "improvement_suggestions")
 RELEASE_DECISIONS = ("chat_promotion_decision", "chat_preference_promotion_decision", "embedder_promotion_decision",
                      "reward_promotion_decision")
-REPORTS = ("feedback_quality_report", "error_patterns", "improvement_suggestions")
+REWARD = ("reward_model", "reward_model_evaluation", "reward_promotion_decision")  # the judge of the chat evaluations
+CHAT_PREFERENCE = ("kto_dataset", "dpo_dataset", "base_chat_model", "chat_preference_adapter",
+                   "chat_preference_evaluation", "chat_preference_promotion_decision")
+EMBEDDER = ("embedding_pairs", "embedding_model", "embedding_model_evaluation", "embedder_promotion_decision")
+RETRAINING_ASSETS = {
+    "ingestion": ("raw_feedback",),
+    "cleaning": ("cleaned_feedback",),
+    "analysis": REPORTS,
+    "datasets": ("sft_dataset", "kto_dataset", "dpo_dataset", "embedding_pairs"),
+    "training": ("base_chat_model", "chat_adapter", "merged_chat_model", "chat_preference_adapter", "embedding_model",
+                 "reward_model"),
+    "evaluation": ("chat_model_evaluation", "chat_preference_evaluation", "embedding_model_evaluation",
+                   "reward_model_evaluation"),
+    "release": ("chat_model_version", *RELEASE_DECISIONS),
+}
+JOB_ASSETS = {
+    "retraining_job": tuple(name for stage in RETRAINING_ASSETS.values() for name in stage),
+    "preference_training_job": (*FEEDBACK, *CHAT_PREFERENCE, *REWARD),
+    "embedding_training_job": (*FEEDBACK, *EMBEDDER),
+    "error_analysis_job": (*FEEDBACK, *REPORTS),
+}
+
+
+def _selection(job: str) -> dg.AssetSelection:
+    return dg.AssetSelection.assets(*JOB_ASSETS[job])
+
 
 # In-process: on a small machine a subprocess per step costs more (imports of torch, transformers ...)
 # than most steps themselves, and training steps must not compete for the same cores anyway.
 retraining_job = dg.define_asset_job(
-    "retraining_job",
-    selection=(dg.AssetSelection.assets(*RELEASE_DECISIONS, *REPORTS, "merged_chat_model").upstream()
-               - dg.AssetSelection.assets("daily_cleaned_feedback")),
-    executor_def=dg.in_process_executor,
+    "retraining_job", selection=_selection("retraining_job"), executor_def=dg.in_process_executor,
     description="Feedback -> cleaned -> reports -> datasets -> chat SFT, chat preference (KTO), embedder and reward "
                 "model -> each compared with its champion -> promotion decisions.")
 
 preference_training_job = dg.define_asset_job(
-    "preference_training_job", executor_def=dg.in_process_executor,
-    selection=dg.AssetSelection.assets("chat_preference_promotion_decision").upstream(),
+    "preference_training_job", selection=_selection("preference_training_job"), executor_def=dg.in_process_executor,
     description="KTO or DPO LoRA adapter from the newest feedback, compared with the champion, decided.")
 
 embedding_training_job = dg.define_asset_job(
-    "embedding_training_job", executor_def=dg.in_process_executor,
-    selection=dg.AssetSelection.assets("embedder_promotion_decision").upstream(),
+    "embedding_training_job", selection=_selection("embedding_training_job"), executor_def=dg.in_process_executor,
     description="Fine-tune the retrieval embedder on liked answers' documents, compared with the champion, decided.")
 
 daily_cleaning_job = dg.define_asset_job(
@@ -54,9 +76,7 @@ weekly_dataset_schedule = dg.build_schedule_from_partitioned_job(weekly_dataset_
                                                                   name="weekly_dataset_schedule")
 
 error_analysis_job = dg.define_asset_job(
-    "error_analysis_job", executor_def=dg.in_process_executor,
-    selection=dg.AssetSelection.assets("feedback_quality_report", "error_patterns",
-                                         "improvement_suggestions").upstream(),
+    "error_analysis_job", selection=_selection("error_analysis_job"), executor_def=dg.in_process_executor,
     description="Refresh the analysts' reports from the newest feedback (no training).")
 
 weekly_error_analysis_schedule = dg.ScheduleDefinition(
@@ -80,9 +100,12 @@ def last_dataset_watermark(instance: dg.DagsterInstance) -> datetime | None:
     return parse_watermark(getattr(value, "value", value))
 
 
-def parse_watermark(text: str | None) -> datetime | None:
-    """The ``data_watermark`` metadata text of an sft_dataset materialization ("none" = no rated data)."""
-    return datetime.fromisoformat(text) if text and text != "none" else None
+def parse_watermark(value: str | datetime | None) -> datetime | None:
+    """The ``data_watermark`` metadata of an sft_dataset materialization: an ISO timestamp, or None (null metadata)
+    when the data held no rated row. The text "none" that earlier materializations recorded also reads as None."""
+    if value is None or isinstance(value, datetime):
+        return value
+    return None if value in ("", "none") else datetime.fromisoformat(value)
 
 
 @dataclass(frozen=True)

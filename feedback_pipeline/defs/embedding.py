@@ -11,6 +11,7 @@ import pandas as pd
 from pydantic import Field
 
 from feedback_pipeline.datasets.embedding_pairs import export_pairs, pairs_from_feedback
+from feedback_pipeline.defs.handoffs import ReleaseDecision
 from feedback_pipeline.defs.release import GateConfig, act_on_decision, decision_check
 from feedback_pipeline.defs.resources import FeedbackStoreResource, MlflowResource, WorkspaceResource
 from feedback_pipeline.evaluation.gate import Evidence, decide
@@ -131,7 +132,7 @@ class EmbedderGateConfig(GateConfig):
           description="promote / keep / needs_review for the new embedder (moves feedback-embedder@champion).")
 def embedder_promotion_decision(context: dg.AssetExecutionContext, config: EmbedderGateConfig,
                                 embedding_model_evaluation: dict, feedback_store: FeedbackStoreResource,
-                                mlflow_tracking: MlflowResource) -> dict:
+                                mlflow_tracking: MlflowResource) -> ReleaseDecision:
     ev = embedding_model_evaluation
     if config.primary_metric not in ev["intervals"]:
         raise ValueError(f"primary_metric {config.primary_metric!r} not measured; measured: {sorted(ev['intervals'])}")
@@ -145,5 +146,5 @@ def embedder_promotion_decision(context: dg.AssetExecutionContext, config: Embed
 
 @dg.asset_check(asset=embedder_promotion_decision, blocking=True,
                 description="The registry's champion alias agrees with the decision.")
-def check_embedder_decision_applied(embedder_promotion_decision: dict) -> dg.AssetCheckResult:
+def check_embedder_decision_applied(embedder_promotion_decision: ReleaseDecision) -> dg.AssetCheckResult:
     return decision_check(embedder_promotion_decision)

@@ -7,6 +7,7 @@ judge, same gold set, so the two candidates are judged alike.
 import math
 from dataclasses import fields
 from pathlib import Path
+from typing import Literal
 
 import dagster as dg
 import mlflow
@@ -14,6 +15,7 @@ import pandas as pd
 from pydantic import Field
 
 from feedback_pipeline.datasets.build import read_jsonl
+from feedback_pipeline.defs.handoffs import ChatAdapter, ChatEvaluation, Family, Judge, RegisteredVersion, ReleaseDecision
 from feedback_pipeline.defs.release import GateConfig, act_on_decision, decision_check
 from feedback_pipeline.defs.resources import FeedbackStoreResource, JudgeResource, MlflowResource, WorkspaceResource
 from feedback_pipeline.evaluation.chat_compare import (ChatCompareOptions, ChatGuardrailTolerances,
@@ -43,24 +45,24 @@ class ChatEvaluationConfig(dg.Config):
         return ChatCompareOptions(**{k: getattr(self, k) for k in _OPTIONS})
 
 
-def evaluate_chat_candidate(context: dg.AssetExecutionContext, config: ChatEvaluationConfig, candidate: dict,
-                            kto_dataset: dict, dpo_dataset: dict, cleaned_feedback: pd.DataFrame, reward_judge: dict,
+def evaluate_chat_candidate(context: dg.AssetExecutionContext, config: ChatEvaluationConfig, candidate: ChatAdapter,
+                            kto_dataset: dict, dpo_dataset: dict, cleaned_feedback: pd.DataFrame, reward_judge: Judge,
                             external_judge: JudgeResource, workspace: WorkspaceResource,
-                            mlflow_tracking: MlflowResource) -> dict:
-    """Compare ``candidate`` (adapter_dir, base_model_path, run_id) with the feedback-chat champion; the judge is the
-    external endpoint when one is configured, else the reward model ``reward_judge`` names."""
+                            mlflow_tracking: MlflowResource) -> ChatEvaluation:
+    """Compare ``candidate`` with the feedback-chat champion; the judge is the external endpoint when one is
+    configured, else the reward model ``reward_judge`` names."""
     from feedback_pipeline.evaluation.reward_eval import RewardScorer
 
     external = external_judge.external()
-    judge = ({"ref": external.name, "vetted": True} if external else reward_judge)
-    scorer = external or RewardScorer(reward_judge["model_dir"])
+    judge = Judge(external.name, None, True) if external else reward_judge
+    scorer = external or RewardScorer(reward_judge.model_dir)
 
     mlflow_tracking.activate()
     name = mlflow_tracking.chat_model_name
     champ = chat_champion(mlflow.MlflowClient(), name)
-    if champ.base_model_path and Path(champ.base_model_path).resolve() != Path(candidate["base_model_path"]).resolve():
+    if champ.base_model_path and Path(champ.base_model_path).resolve() != Path(candidate.base_model_path).resolve():
         raise ValueError(f"the champion {champ.label} was trained on base {champ.base_model_path}, the candidate on "
-                         f"{candidate['base_model_path']}: they cannot share one loaded base; evaluate by hand")
+                         f"{candidate.base_model_path}: they cannot share one loaded base; evaluate by hand")
     held_out = read_jsonl(Path(kto_dataset["eval_file"]))
     # Seeded once from held-out liked answers, then a file people curate: an existing file is never overwritten.
     gold = seed_gold_set(workspace.path("gold") / "chat_gold.jsonl", held_out, n=config.gold_set_size,
@@ -68,82 +70,87 @@ def evaluate_chat_candidate(context: dg.AssetExecutionContext, config: ChatEvalu
     segments = (cleaned_feedback.drop_duplicates("id").set_index("id")[list(SEGMENT_COLUMNS)]
                 .astype(object).where(lambda f: f.notna(), None).to_dict(orient="index"))
     comparison = compare_chat_with_champion(
-        candidate["base_model_path"], champ.path, candidate["adapter_dir"], held_out,
-        read_jsonl(Path(dpo_dataset["eval_file"])), scorer, judge["ref"], champ.label,
+        candidate.base_model_path, champ.path, candidate.adapter_dir, held_out,
+        read_jsonl(Path(dpo_dataset["eval_file"])), scorer, judge.ref, champ.label,
         gold=gold, options=config.options(), segment_of=lambda fid: segments.get(fid, {}),
         cache_dir=workspace.path("cache", "answers"), log=context.log.info)
     metrics = comparison.metrics()
-    with mlflow.start_run(run_id=candidate["run_id"]):
+    with mlflow.start_run(run_id=candidate.run_id):
         mlflow.log_metrics({f"gate_{k}": v for k, v in metrics.items() if math.isfinite(v)})
-        mlflow.set_tags({"gate_judge": judge["ref"], "gate_champion": champ.label, "gold_set_version": gold.version})
+        mlflow.set_tags({"gate_judge": judge.ref, "gate_champion": champ.label, "gold_set_version": gold.version})
         mlflow.log_dict({"examples": comparison.examples}, "gate/generated_examples.json")
     context.add_output_metadata({**{k: v for k, v in metrics.items() if math.isfinite(v)},
-                                 "champion": champ.label, "judge": judge["ref"], "judge_vetted": judge["vetted"],
+                                 "champion": champ.label, "judge": judge.ref, "judge_vetted": judge.vetted,
                                  "gold_set": f"{gold.path} ({gold.version}, {len(gold.items)} items)",
                                  "examples": dg.MetadataValue.json(comparison.examples)})
-    return {"comparison": comparison, "champion_version": champ.version, "champion": champ.label,
-            "run_id": candidate["run_id"], "judge": judge["ref"], "gold_set_version": gold.version}
+    return ChatEvaluation(comparison, champ.label, champ.version, candidate.run_id, judge.ref, gold.version)
 
 
-def evaluation_complete_check(evaluation: dict) -> dg.AssetCheckResult:
+def evaluation_complete_check(evaluation: ChatEvaluation) -> dg.AssetCheckResult:
     """Every number the gate reads is finite and the judge answered for every prompt."""
-    comparison = evaluation["comparison"]
+    comparison = evaluation.comparison
     numbers = comparison.metrics()
     bad = sorted(k for k, v in numbers.items() if not math.isfinite(v) and not k.endswith(("_ci_low", "_ci_high")))
     n = int(comparison.win["n"])
     return dg.AssetCheckResult(passed=not bad and n > 0,
                                metadata={"generated_prompts": n, "non_finite": ", ".join(bad) or "none",
-                                         "judge": evaluation["judge"]})
+                                         "judge": evaluation.judge})
 
 
-def decide_chat(context: dg.AssetExecutionContext, config: GateConfig, evaluation: dict, version: str,
-                family: str, store, mlflow_tracking: MlflowResource) -> dict:
+def decide_chat(context: dg.AssetExecutionContext, config: GateConfig, evaluation: ChatEvaluation, version: str,
+                family: Family, store, mlflow_tracking: MlflowResource) -> ReleaseDecision:
     tolerances = ChatGuardrailTolerances(**{k: getattr(config, k) for k in _TOLERANCES})
-    decision = chat_decision(evaluation["comparison"], config.policy(), tolerances)
+    decision = chat_decision(evaluation.comparison, config.policy(), tolerances)
     mlflow_tracking.activate()
     return act_on_decision(context, store, mlflow_tracking.chat_model_name, version, family, decision,
-                           evaluation["run_id"], evaluation["champion_version"],
-                           extra={"judge": evaluation["judge"], "gold_set_version": evaluation["gold_set_version"],
-                                  "compared_with_label": evaluation["champion"]})
+                           evaluation.run_id, evaluation.champion_version,
+                           extra={"judge": evaluation.judge, "gold_set_version": evaluation.gold_set_version,
+                                  "compared_with_label": evaluation.champion})
 
 
 @dg.asset(group_name="evaluation", kinds={"pytorch", "mlflow"},
           description="The SFT candidate vs the feedback-chat champion (the base as version 0) on held-out feedback: "
                       "liked-answer NLL, preference accuracy, reward-judged win rate of generated answers (raw and "
                       "length-controlled), guardrails, segments and the gold set.")
-def chat_model_evaluation(context: dg.AssetExecutionContext, config: ChatEvaluationConfig, chat_adapter: dict,
+def chat_model_evaluation(context: dg.AssetExecutionContext, config: ChatEvaluationConfig, chat_adapter: ChatAdapter,
                           kto_dataset: dict, dpo_dataset: dict, cleaned_feedback: pd.DataFrame,
-                          reward_promotion_decision: dict, judge: JudgeResource, workspace: WorkspaceResource,
-                          mlflow_tracking: MlflowResource) -> dict:
+                          reward_promotion_decision: ReleaseDecision, judge: JudgeResource,
+                          workspace: WorkspaceResource, mlflow_tracking: MlflowResource) -> ChatEvaluation:
     return evaluate_chat_candidate(context, config, chat_adapter, kto_dataset, dpo_dataset, cleaned_feedback,
-                                   reward_promotion_decision["judge"], judge, workspace, mlflow_tracking)
+                                   reward_promotion_decision.judge, judge, workspace, mlflow_tracking)
 
 
 @dg.asset_check(asset=chat_model_evaluation, blocking=True,
                 description="The comparison is complete: every metric finite, every prompt judged.")
-def check_chat_evaluation_complete(chat_model_evaluation: dict) -> dg.AssetCheckResult:
+def check_chat_evaluation_complete(chat_model_evaluation: ChatEvaluation) -> dg.AssetCheckResult:
     return evaluation_complete_check(chat_model_evaluation)
 
 
-@dg.asset(group_name="evaluation", kinds={"mlflow"},
+@dg.asset(group_name="release", kinds={"mlflow"},
           description="The SFT candidate registered in MLflow as a new feedback-chat version with alias 'challenger'.")
-def chat_model_version(context: dg.AssetExecutionContext, chat_adapter: dict, sft_dataset: dict,
-                       chat_model_evaluation: dict, mlflow_tracking: MlflowResource) -> dict:
+def chat_model_version(context: dg.AssetExecutionContext, chat_adapter: ChatAdapter, sft_dataset: dict,
+                       chat_model_evaluation: ChatEvaluation, mlflow_tracking: MlflowResource) -> RegisteredVersion:
     mlflow_tracking.activate()
     name = mlflow_tracking.chat_model_name
-    adapter = chat_adapter["adapter_dir"]
+    adapter = chat_adapter.adapter_dir
     version = register_chat_adapter(
-        chat_adapter["run_id"], adapter, chat_adapter["base_model_path"], name, alias=CHALLENGER,
+        chat_adapter.run_id, adapter, chat_adapter.base_model_path, name, alias=CHALLENGER,
         tags=registration_tags("chat_sft", sft_dataset, [adapter], adapter_dir=adapter,
-                               base_model_path=chat_adapter["base_model_path"]))
+                               base_model_path=chat_adapter.base_model_path))
     context.add_output_metadata({"registered_model": name, "version": version, "alias": CHALLENGER,
-                                 "uri": f"models:/{name}/{version}", "mlflow_run_id": chat_adapter["run_id"]})
-    return {"name": name, "version": version, "alias": CHALLENGER, "run_id": chat_adapter["run_id"]}
+                                 "uri": f"models:/{name}/{version}", "mlflow_run_id": chat_adapter.run_id})
+    return RegisteredVersion(name, version, CHALLENGER, chat_adapter.run_id)
+
+
+ChatMetric = Literal["lc_win_rate", "win_rate", "reward", "preference_accuracy", "preference_margin", "liked_logprob",
+                     "gold_sentence_chrf"]
 
 
 class ChatGateConfig(GateConfig):
-    primary_metric: str = Field("lc_win_rate", description="lc_win_rate | win_rate | reward | preference_accuracy "
-                                                           "| preference_margin | liked_logprob | gold_sentence_chrf.")
+    primary_metric: ChatMetric = Field("lc_win_rate", description="Length-controlled or raw win rate of generated "
+                                                                  "answers, mean reward, preference accuracy or "
+                                                                  "margin on held-out pairs, liked-answer log-prob, "
+                                                                  "gold-set sentence chrF.")
     length_relative: float = Field(_TOLERANCES["length_relative"], description="Allowed relative change of the mean "
                                                                                "answer length, either way.")
     refusal_rate: float = Field(_TOLERANCES["refusal_rate"], description="Allowed rise of the refusal rate.")
@@ -153,18 +160,18 @@ class ChatGateConfig(GateConfig):
                                                                                      "held-out NLL of liked answers.")
 
 
-@dg.asset(group_name="evaluation", kinds={"mlflow"},
+@dg.asset(group_name="release", kinds={"mlflow"},
           description="promote / keep / needs_review for the SFT candidate; on promote feedback-chat@champion moves "
                       "to it and the old champion becomes previous_champion. Recorded in model_deployments.")
-def chat_promotion_decision(context: dg.AssetExecutionContext, config: ChatGateConfig, chat_model_evaluation: dict,
-                            chat_model_version: dict, feedback_store: FeedbackStoreResource,
-                            mlflow_tracking: MlflowResource) -> dict:
-    return decide_chat(context, config, chat_model_evaluation, chat_model_version["version"], "chat_sft",
+def chat_promotion_decision(context: dg.AssetExecutionContext, config: ChatGateConfig,
+                            chat_model_evaluation: ChatEvaluation, chat_model_version: RegisteredVersion,
+                            feedback_store: FeedbackStoreResource, mlflow_tracking: MlflowResource) -> ReleaseDecision:
+    return decide_chat(context, config, chat_model_evaluation, chat_model_version.version, "chat_sft",
                        feedback_store.store(), mlflow_tracking)
 
 
 @dg.asset_check(asset=chat_promotion_decision, blocking=True,
                 description="The registry's champion alias agrees with the decision.")
-def check_chat_decision_applied(chat_promotion_decision: dict) -> dg.AssetCheckResult:
+def check_chat_decision_applied(chat_promotion_decision: ReleaseDecision) -> dg.AssetCheckResult:
     return decision_check(chat_promotion_decision)
 

@@ -14,6 +14,7 @@ from pydantic import Field
 
 from feedback_pipeline.defs.resources import FeedbackStoreResource, MlflowResource, WorkspaceResource
 from feedback_pipeline.release.cleanup import cleanup_datasets, cleanup_models, live_fingerprints
+from feedback_pipeline.release.deployments import Deployment
 
 
 class CleanupConfig(dg.Config):
@@ -63,14 +64,14 @@ class RollbackConfig(dg.Config):
 
 @dg.op(description="Move champion back to previous_champion, logged like a promotion.")
 def rollback_champion(context: dg.OpExecutionContext, config: RollbackConfig, feedback_store: FeedbackStoreResource,
-                      mlflow_tracking: MlflowResource) -> dict:
+                      mlflow_tracking: MlflowResource) -> Deployment:
     from feedback_pipeline.release.models import rollback
 
     mlflow_tracking.activate()
     row = rollback(mlflow.MlflowClient(), feedback_store.store(), config.model_name, actor="dagster",
                    reason=config.reason)
     context.log.info(row.line())
-    return {"model_name": row.model_name, "champion": row.version, "rolled_back": row.previous_champion_version}
+    return row  # the model_deployments row: model_name, the restored champion version, previous_champion_version
 
 
 @dg.job(description="Roll a registered model back to its previous champion (launch with the model name and a reason).")

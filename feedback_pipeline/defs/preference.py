@@ -1,7 +1,8 @@
-"""dpo_dataset and chat_preference_adapter: preference training (KTO on thumbs, DPO on ranked pairs).
+"""dpo_dataset and chat_preference_adapter: preference training (KTO on thumbs, DPO on ranked pairs), its
+evaluation against the champion and its promotion decision.
 
-Not part of retraining_job (it keeps the weekly path within minutes on a CPU): ``preference_training_job``
-materializes these with their upstream.
+retraining_job runs them with every other family; ``preference_training_job`` materializes them with their upstream
+alone (for instance with ``method: dpo``).
 """
 
 import dagster as dg
@@ -11,6 +12,7 @@ from feedback_pipeline.datasets.preference import build_dpo_dataset
 from feedback_pipeline.defs.datasets import describe_dataset, identifiers_check, leakage_check
 from feedback_pipeline.defs.evaluation import (ChatEvaluationConfig, ChatGateConfig, decide_chat,
                                                evaluate_chat_candidate, evaluation_complete_check)
+from feedback_pipeline.defs.handoffs import BaseChatModel, ChatAdapter, ChatEvaluation, ReleaseDecision
 from feedback_pipeline.defs.release import decision_check
 from feedback_pipeline.defs.resources import FeedbackStoreResource, JudgeResource, MlflowResource, WorkspaceResource
 from feedback_pipeline.defs.trainer_config import BATCH_SIZE, trainer_config
@@ -19,7 +21,7 @@ from feedback_pipeline.tracking.runs import config_params, training_run
 from feedback_pipeline.training.chat_preference import PreferenceConfig
 
 
-@dg.asset(group_name="preference", kinds={"json"},
+@dg.asset(group_name="datasets", kinds={"json"},
           description="chosen/rejected pairs to the same prompt (oasst1 sibling ranks, liked vs disliked), split by prompt.")
 def dpo_dataset(context: dg.AssetExecutionContext, cleaned_feedback: pd.DataFrame, workspace: WorkspaceResource) -> dict:
     return describe_dataset(context, build_dpo_dataset(cleaned_feedback, workspace.path("datasets")))
@@ -40,19 +42,19 @@ def check_dpo_no_identifiers(dpo_dataset: dict) -> dg.AssetCheckResult:
 PreferenceTrainingConfig = trainer_config(PreferenceConfig, rename=BATCH_SIZE, name="PreferenceTrainingConfig")
 
 
-@dg.asset(group_name="preference", kinds={"pytorch", "mlflow"},
+@dg.asset(group_name="training", kinds={"pytorch", "mlflow"},
           description="LoRA adapter trained with KTO or DPO; resumable, early-stopped, one MLflow run, "
                       "registered as a feedback-chat challenger.")
 def chat_preference_adapter(context: dg.AssetExecutionContext, config: PreferenceTrainingConfig, kto_dataset: dict,
-                            dpo_dataset: dict, base_chat_model: dict, workspace: WorkspaceResource,
-                            mlflow_tracking: MlflowResource) -> dict:
+                            dpo_dataset: dict, base_chat_model: BaseChatModel, workspace: WorkspaceResource,
+                            mlflow_tracking: MlflowResource) -> ChatAdapter:
     from feedback_pipeline.training.chat_preference import main
 
     data = kto_dataset if config.method == "kto" else dpo_dataset
     # Same data + method = same folder, so a killed run's checkpoints are found and resumed.
     output_dir = workspace.path("models", "preference_adapters", f"{config.method}-{data['fingerprint'][:12]}")
     cfg = config.to_trainer(
-        base_model_path=base_chat_model["path"], train_file=data["train_file"],
+        base_model_path=base_chat_model.path, train_file=data["train_file"],
         eval_file=data["eval_file"] if config.early_stopping_patience is not None else None,
         output_dir=str(output_dir), resume=True)
     mlflow_tracking.activate()
@@ -68,42 +70,44 @@ def chat_preference_adapter(context: dg.AssetExecutionContext, config: Preferenc
         tags=registration_tags("chat_preference", data, [result.adapter_dir], adapter_dir=result.adapter_dir,
                                base_model_path=cfg.base_model_path, method=cfg.method))
     context.add_output_metadata({**metrics, "method": config.method, "steps": result.steps,
-                                 "stopped_early": result.stopped_early, "resumed_from": result.resumed_from or "none",
+                                 "stopped_early": result.stopped_early, "resumed_from": result.resumed_from,
                                  "mlflow_run_id": run.run_id, "registered_version": version})
-    return {"adapter_dir": result.adapter_dir, "run_id": run.run_id, "version": version,
-            "method": config.method, "base_model_path": cfg.base_model_path, **metrics}
+    return ChatAdapter(result.adapter_dir, run.run_id, cfg.base_model_path, data["fingerprint"], cfg.method,
+                       result.final_train_loss, result.eval_loss, version)
 
 
-@dg.asset(group_name="preference", kinds={"pytorch", "mlflow"},
+@dg.asset(group_name="evaluation", kinds={"pytorch", "mlflow"},
           description="The preference candidate vs the feedback-chat champion, on the same held-out data, judge and "
                       "gold set as the SFT candidate.")
 def chat_preference_evaluation(context: dg.AssetExecutionContext, config: ChatEvaluationConfig,
-                               chat_preference_adapter: dict, kto_dataset: dict, dpo_dataset: dict,
-                               cleaned_feedback: pd.DataFrame, reward_promotion_decision: dict, judge: JudgeResource,
-                               workspace: WorkspaceResource, mlflow_tracking: MlflowResource) -> dict:
+                               chat_preference_adapter: ChatAdapter, kto_dataset: dict, dpo_dataset: dict,
+                               cleaned_feedback: pd.DataFrame, reward_promotion_decision: ReleaseDecision,
+                               judge: JudgeResource, workspace: WorkspaceResource,
+                               mlflow_tracking: MlflowResource) -> ChatEvaluation:
     return evaluate_chat_candidate(context, config, chat_preference_adapter, kto_dataset, dpo_dataset,
-                                   cleaned_feedback, reward_promotion_decision["judge"], judge, workspace,
+                                   cleaned_feedback, reward_promotion_decision.judge, judge, workspace,
                                    mlflow_tracking)
 
 
 @dg.asset_check(asset=chat_preference_evaluation, blocking=True,
                 description="The comparison is complete: every metric finite, every prompt judged.")
-def check_chat_preference_evaluation_complete(chat_preference_evaluation: dict) -> dg.AssetCheckResult:
+def check_chat_preference_evaluation_complete(chat_preference_evaluation: ChatEvaluation) -> dg.AssetCheckResult:
     return evaluation_complete_check(chat_preference_evaluation)
 
 
-@dg.asset(group_name="preference", kinds={"mlflow"},
+@dg.asset(group_name="release", kinds={"mlflow"},
           description="promote / keep / needs_review for the preference candidate (moves feedback-chat@champion on "
                       "promote).")
 def chat_preference_promotion_decision(context: dg.AssetExecutionContext, config: ChatGateConfig,
-                                       chat_preference_evaluation: dict, chat_preference_adapter: dict,
-                                       feedback_store: FeedbackStoreResource,
-                                       mlflow_tracking: MlflowResource) -> dict:
-    return decide_chat(context, config, chat_preference_evaluation, chat_preference_adapter["version"],
+                                       chat_preference_evaluation: ChatEvaluation,
+                                       chat_preference_adapter: ChatAdapter, feedback_store: FeedbackStoreResource,
+                                       mlflow_tracking: MlflowResource) -> ReleaseDecision:
+    return decide_chat(context, config, chat_preference_evaluation, chat_preference_adapter.version,
                        "chat_preference", feedback_store.store(), mlflow_tracking)
 
 
 @dg.asset_check(asset=chat_preference_promotion_decision, blocking=True,
                 description="The registry's champion alias agrees with the decision.")
-def check_chat_preference_decision_applied(chat_preference_promotion_decision: dict) -> dg.AssetCheckResult:
+def check_chat_preference_decision_applied(
+        chat_preference_promotion_decision: ReleaseDecision) -> dg.AssetCheckResult:
     return decision_check(chat_preference_promotion_decision)

@@ -8,12 +8,12 @@ person promotes a needs_review version.
 import dataclasses
 import json
 import math
-from typing import Literal
 
 import dagster as dg
 import mlflow
 from pydantic import Field
 
+from feedback_pipeline.defs.handoffs import Family, ReleaseDecision
 from feedback_pipeline.evaluation.gate import GateDecision, GatePolicy
 from feedback_pipeline.release.models import CHAMPION, alias_target, promote, record_decision
 from feedback_pipeline.store.repository import FeedbackStore
@@ -50,8 +50,8 @@ def json_safe(value):
 
 
 def act_on_decision(context: dg.AssetExecutionContext, store: FeedbackStore, name: str, version: str,
-                    family: Literal["chat_sft", "chat_preference", "embedder", "reward"], decision: GateDecision,
-                    run_id: str, expected_champion: str | None, extra: dict | None = None) -> dict:
+                    family: Family, decision: GateDecision, run_id: str, expected_champion: str | None,
+                    extra: dict | None = None) -> ReleaseDecision:
     """Record the decision (and promote when it says so); log it to the candidate's MLflow run; return the hand-off.
 
     ``expected_champion``: the champion version the evaluation compared against. If another decision moved the
@@ -78,24 +78,26 @@ def act_on_decision(context: dg.AssetExecutionContext, store: FeedbackStore, nam
         mlflow.log_text(json.dumps(evidence, indent=1), "gate/decision.json")
         mlflow.log_text(decision.markdown(), "gate/decision.md")
     champion_now = alias_target(client, name, CHAMPION)
-    result = {"name": name, "version": version, "family": family, "decision": outcome, "reasons": reasons,
-              "deployment_id": row.id, "champion": None if champion_now is None else str(champion_now.version),
-              "compared_with": expected_champion, "mlflow_run_id": run_id}
+    result = ReleaseDecision(name=name, version=version, family=family, decision=outcome, reasons=tuple(reasons),
+                             deployment_id=row.id,
+                             champion=None if champion_now is None else str(champion_now.version),
+                             compared_with=expected_champion, mlflow_run_id=run_id)
     context.add_output_metadata({
         "decision": outcome, "registered_model": name, "version": version,
-        "champion_now": result["champion"] or "none (version 0 serves)",
+        "champion_now": result.champion or "none (version 0 serves)",
         "compared_with": expected_champion or "version 0",
         "evidence": dg.MetadataValue.md(decision.markdown()),
         "mlflow_run_id": run_id, "deployment_id": row.id})
     return result
 
 
-def decision_check(decision: dict) -> dg.AssetCheckResult:
+def decision_check(decision: ReleaseDecision) -> dg.AssetCheckResult:
     """The registry agrees with the decision: after promote the champion is the candidate, otherwise it is not."""
-    promoted = decision["decision"] == "promote"
-    consistent = (decision["champion"] == decision["version"]) if promoted else (
-        decision["champion"] == decision["compared_with"])
+    promoted = decision.decision == "promote"
+    consistent = (decision.champion == decision.version) if promoted else (
+        decision.champion == decision.compared_with)
     return dg.AssetCheckResult(passed=consistent, metadata={
-        "decision": decision["decision"], "candidate": decision["version"],
-        "champion_now": decision["champion"] or "none", "compared_with": decision["compared_with"] or "version 0",
-        "reasons": dg.MetadataValue.md("\n".join(f"- {r}" for r in decision["reasons"]))})
+        "decision": decision.decision, "candidate": decision.version,
+        "champion_now": decision.champion or "none (version 0 serves)",
+        "compared_with": decision.compared_with or "version 0",
+        "reasons": dg.MetadataValue.md("\n".join(f"- {r}" for r in decision.reasons))})

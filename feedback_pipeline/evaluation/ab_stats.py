@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from typing import Literal, get_args
 
 import numpy as np
 import pandas as pd
@@ -27,7 +28,8 @@ from statsmodels.stats.proportion import confint_proportions_2indep, proportion_
 
 from feedback_pipeline.analysis.stats import wilson_interval
 
-DEPLOY, KEEP, CONTINUE = "deploy_test_model", "keep_baseline", "continue"
+AbDecision = Literal["deploy_test_model", "keep_baseline", "continue"]
+DEPLOY, KEEP, CONTINUE = get_args(AbDecision)
 SEGMENT_COLUMNS = ("intent", "project")
 
 
@@ -245,7 +247,7 @@ def segment_table(outcomes: pd.DataFrame, test_arm: str, baseline_arm: str,
 
 @dataclass(frozen=True)
 class Decision:
-    decision: str  # deploy_test_model | keep_baseline | continue
+    decision: AbDecision
     winner_arm: str | None  # the test arm to deploy (deploy_test_model only)
     reasons: tuple[str, ...]
     blocked_by_srm: bool = False
