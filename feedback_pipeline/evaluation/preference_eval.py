@@ -1,21 +1,32 @@
 """Held-out preference accuracy of a LoRA candidate against its base model, on chosen/rejected pairs.
 
-Two views, both from scored existing answers (no generation):
+Views, all from scored existing answers (no generation):
 
 - Implicit reward (DPO's view): r(y) = log p_candidate(y | x) - log p_base(y | x), summed over the response
-  tokens. The candidate prefers the chosen answer when r(chosen) > r(rejected); the margin is the mean of
-  r(chosen) - r(rejected), in nats. This measures what preference tuning changed, relative to the base.
-- Absolute preference of each model: does it give the chosen answer the higher mean per-token log-prob
-  (length-normalised, so long answers are not penalised for being long)? Computed for the base and the candidate,
-  so "base vs candidate" is a like-for-like comparison, with a paired bootstrap interval of the difference.
+  tokens (``implicit_accuracy``, margin ``implicit_margin`` in nats) and per response token
+  (``implicit_norm_accuracy``: SimPO-style length normalisation of the same log-ratio). This measures what
+  preference tuning changed, relative to the base (an untouched adapter scores exactly 0.5).
+- Each model's own ranking: does it give the chosen answer the higher mean per-token log-prob (length-normalised:
+  ``base_accuracy`` / ``candidate_accuracy``) or the higher summed log-prob (raw: ``base_sum_accuracy`` /
+  ``candidate_sum_accuracy``, which favours short answers)? Candidate minus base with a paired bootstrap interval:
+  ``accuracy_difference`` (normalised) and ``sum_accuracy_difference`` (raw).
+- Beyond length: the "longer answer wins" rule on the same pairs (``length_rule_accuracy``; length = tokens of the
+  whole answer), and every accuracy split by stratum - ``_longer`` (the preferred answer is the longer one),
+  ``_shorter`` (it is the shorter one), ``_tie`` (same length) - each with its own 95% interval, plus
+  ``<view>_prefers_longer``: how often that view ranks the longer answer first (pairs of equal length left out).
+  A view that only learned "longer is better" scores high on ``_longer`` and low on ``_shorter``; count a candidate
+  as better only when it also wins in the ``_shorter`` stratum (length-controlled, as in AlpacaEval 2.0).
 
-Ties count half (an untrained adapter has every r = 0, hence implicit accuracy exactly 0.5, not 0).
+Ties count half (an untrained adapter has every r = 0, hence implicit accuracy exactly 0.5, not 0). Intervals are
+percentile bootstraps over pairs (numpy, ``bootstrap`` resamples); within one stratum every view uses the same
+resampled pairs, so differences are paired.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +34,8 @@ import numpy as np
 import torch
 
 from feedback_pipeline.evaluation.chat_eval import response_logprobs
+
+STRATA = ("longer", "shorter", "tie")
 
 
 def _text(answer: Any) -> str:
@@ -45,6 +58,153 @@ def _ci(values: np.ndarray, idx: np.ndarray) -> tuple[float, float]:
     return float(low), float(high)
 
 
+def _resamples(n: int, bootstrap: int, rng: np.random.Generator) -> np.ndarray:
+    return rng.integers(0, n, size=(bootstrap, n)) if bootstrap > 0 and n > 0 else np.empty((0, n), int)
+
+
+@dataclass(frozen=True)
+class PairScores:
+    """Summed response log-probs and response token counts of one model, chosen and rejected answer of each pair."""
+
+    chosen_sum: np.ndarray
+    rejected_sum: np.ndarray
+    chosen_tokens: np.ndarray
+    rejected_tokens: np.ndarray
+
+    @property
+    def chosen_mean(self) -> np.ndarray:
+        return self.chosen_sum / self.chosen_tokens
+
+    @property
+    def rejected_mean(self) -> np.ndarray:
+        return self.rejected_sum / self.rejected_tokens
+
+
+def length_strata(chosen_length: Sequence[float], rejected_length: Sequence[float]) -> dict[str, np.ndarray]:
+    """Boolean masks over pairs: ``longer`` (chosen answer longer), ``shorter`` (chosen shorter), ``tie``."""
+    c, r = np.asarray(chosen_length, dtype=float), np.asarray(rejected_length, dtype=float)
+    if c.shape != r.shape or c.ndim != 1:
+        raise ValueError("chosen_length and rejected_length must be 1-D and of the same size")
+    return {"longer": c > r, "shorter": c < r, "tie": c == r}
+
+
+def stratified_accuracies(
+    wins: Mapping[str, Sequence[float]],
+    chosen_length: Sequence[float],
+    rejected_length: Sequence[float],
+    differences: Mapping[str, tuple[str, str]] | None = None,
+    prefers_longer: Mapping[str, Sequence[float]] | None = None,
+    bootstrap: int = 1000,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Accuracy of each view in ``wins`` (per pair: 1 chosen ranked first, 0.5 tie, 0 rejected first) overall and per
+    length stratum, next to the "longer answer wins" rule (``length_rule_accuracy``), with 95% bootstrap intervals.
+
+    ``differences``: name -> (view a, view b), reported as mean(a - b) with a paired interval. ``prefers_longer``:
+    view -> per-pair margin (score of chosen - score of rejected); gives ``<view>_prefers_longer``, the share of
+    pairs of unequal length where the view ranks the longer answer first (ties in score count half).
+    Keys: ``<view>``, ``<view>_ci_low``, ``<view>_ci_high`` and the same with ``_longer`` / ``_shorter`` / ``_tie``
+    after ``<view>``; ``n_pairs``, ``n_longer``, ``n_shorter``, ``n_tie``. An empty stratum gives NaN.
+    """
+    strata = length_strata(chosen_length, rejected_length)
+    n = strata["longer"].size
+    if n == 0:
+        raise ValueError("stratified_accuracies needs at least one pair")
+    values = {name: np.asarray(w, dtype=float) for name, w in wins.items()}
+    values["length_rule_accuracy"] = _wins(np.asarray(chosen_length, float), np.asarray(rejected_length, float))
+    for name, (a, b) in (differences or {}).items():
+        values[name] = values[a] - values[b]
+    for name, v in values.items():
+        if v.shape != (n,):
+            raise ValueError(f"{name}: expected {n} per-pair values, got shape {v.shape}")
+
+    rng = np.random.default_rng(seed)
+    result: dict[str, float] = {"n_pairs": float(n)}
+    groups = [("", np.ones(n, dtype=bool))] + [(f"_{s}", strata[s]) for s in STRATA]
+    for suffix, mask in groups:
+        if suffix:
+            result[f"n{suffix}"] = float(mask.sum())
+        idx = _resamples(int(mask.sum()), bootstrap, rng)  # one resample per stratum: paired across views
+        for name, v in values.items():
+            sub = v[mask]
+            result[f"{name}{suffix}"] = float(sub.mean()) if sub.size else float("nan")
+            low, high = _ci(sub, idx) if sub.size else (float("nan"), float("nan"))
+            result[f"{name}{suffix}_ci_low"], result[f"{name}{suffix}_ci_high"] = low, high
+
+    unequal = ~strata["tie"]
+    sign = np.where(strata["longer"], 1.0, -1.0)[unequal]  # +1 where the chosen answer is the longer one
+    for name, margin in (prefers_longer or {}).items():
+        m = np.asarray(margin, dtype=float)[unequal] * sign  # > 0: the view ranks the longer answer first
+        result[f"{name}_prefers_longer"] = float(_wins(m, np.zeros_like(m)).mean()) if m.size else float("nan")
+    return result
+
+
+def answer_lengths(tokenizer: Any, pairs: Sequence[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+    """Token counts of each pair's whole chosen and rejected answer text (not truncated to a scoring window)."""
+    def count(answer: Any) -> int:
+        return len(tokenizer(_text(answer), add_special_tokens=False)["input_ids"])
+
+    return (np.array([count(p["chosen"]) for p in pairs], dtype=float),
+            np.array([count(p["rejected"]) for p in pairs], dtype=float))
+
+
+def score_pairs(model: Any, tokenizer: Any, pairs: Sequence[dict[str, Any]], max_length: int = 256,
+                batch_size: int = 4) -> PairScores:
+    """``model``'s summed response log-probs of every pair's chosen and rejected answer (``response_logprobs``)."""
+    examples = []
+    for pair in pairs:
+        for key in ("chosen", "rejected"):
+            examples.append({"prompt": pair["prompt"], "response": _text(pair[key])})
+    scored = response_logprobs(model, tokenizer, examples, max_length, batch_size)
+    sums = np.array([s for s, _ in scored])
+    counts = np.array([c for _, c in scored], dtype=float)
+    if not np.isfinite(sums).all():
+        raise FloatingPointError("score_pairs: non-finite log-probabilities")
+    return PairScores(sums[0::2], sums[1::2], counts[0::2], counts[1::2])
+
+
+def compare_scores(base: PairScores, candidate: PairScores, chosen_length: Sequence[float],
+                   rejected_length: Sequence[float], bootstrap: int = 1000, seed: int = 0) -> dict[str, float]:
+    """Every view of the module docstring from two models' scores of the same pairs (see ``preference_accuracy``)."""
+    if not (np.array_equal(base.chosen_tokens, candidate.chosen_tokens)
+            and np.array_equal(base.rejected_tokens, candidate.rejected_tokens)):
+        raise ValueError("base and candidate scores must come from the same pairs and scoring window")
+    reward_c = candidate.chosen_sum - base.chosen_sum
+    reward_r = candidate.rejected_sum - base.rejected_sum
+    norm_c, norm_r = reward_c / base.chosen_tokens, reward_r / base.rejected_tokens
+    margins = {
+        "implicit_accuracy": reward_c - reward_r,
+        "implicit_norm_accuracy": norm_c - norm_r,
+        "base_accuracy": base.chosen_mean - base.rejected_mean,
+        "candidate_accuracy": candidate.chosen_mean - candidate.rejected_mean,
+        "base_sum_accuracy": base.chosen_sum - base.rejected_sum,
+        "candidate_sum_accuracy": candidate.chosen_sum - candidate.rejected_sum,
+    }
+    wins = {name: _wins(m, np.zeros_like(m)) for name, m in margins.items()}
+    result = stratified_accuracies(
+        wins, chosen_length, rejected_length,
+        differences={"accuracy_difference": ("candidate_accuracy", "base_accuracy"),
+                     "sum_accuracy_difference": ("candidate_sum_accuracy", "base_sum_accuracy")},
+        prefers_longer=margins, bootstrap=bootstrap, seed=seed)
+
+    n = base.chosen_sum.size
+    idx = _resamples(n, bootstrap, np.random.default_rng(seed))
+    for name, values in (
+        ("implicit_margin", reward_c - reward_r),
+        ("base_logp_margin", margins["base_accuracy"]),
+        ("candidate_logp_margin", margins["candidate_accuracy"]),
+    ):
+        low, high = _ci(values, idx)
+        result[name], result[f"{name}_ci_low"], result[f"{name}_ci_high"] = float(values.mean()), low, high
+    result["mean_reward_chosen"] = float(reward_c.mean())
+    result["mean_reward_rejected"] = float(reward_r.mean())
+    result["n_response_tokens"] = float(base.chosen_tokens.sum() + base.rejected_tokens.sum())
+    for key in ("implicit_accuracy", "implicit_margin", "base_accuracy", "candidate_accuracy"):
+        if not math.isfinite(result[key]):
+            raise FloatingPointError(f"preference_accuracy: {key} is not finite ({result[key]})")
+    return result
+
+
 def preference_accuracy(
     base_model_path: str | Path,
     adapter_dir: str | Path,
@@ -54,7 +214,8 @@ def preference_accuracy(
     bootstrap: int = 1000,
     seed: int = 0,
 ) -> dict[str, float]:
-    """Implicit-reward accuracy and margin of base+adapter vs base on ``pairs``, and both models' own accuracy.
+    """Implicit-reward accuracy and margin of base+adapter vs base on ``pairs``, both models' own accuracy, the length
+    rule and the length strata (keys: module docstring).
 
     ``pairs``: ``{"prompt": [messages], "chosen": str | [assistant message], "rejected": ...}`` (the DPO dataset
     records work as they are). 95% intervals resample pairs (``bootstrap`` times; 0 gives NaN intervals); the
@@ -68,56 +229,11 @@ def preference_accuracy(
     if not (Path(adapter_dir) / "adapter_config.json").is_file():
         raise FileNotFoundError(f"{adapter_dir} holds no PEFT adapter (adapter_config.json missing)")
 
-    examples = []
-    for pair in pairs:
-        for key in ("chosen", "rejected"):
-            examples.append({"prompt": pair["prompt"], "response": _text(pair[key])})
-
     tokenizer = AutoTokenizer.from_pretrained(base_model_path)
     base = AutoModelForCausalLM.from_pretrained(base_model_path, dtype=torch.float32)
     model = PeftModel.from_pretrained(base, str(adapter_dir))  # one copy of the weights serves both models
     model.eval()
-    candidate = response_logprobs(model, tokenizer, examples, max_length, batch_size)
+    candidate = score_pairs(model, tokenizer, pairs, max_length, batch_size)
     with model.disable_adapter():
-        reference = response_logprobs(model, tokenizer, examples, max_length, batch_size)
-
-    cand_sum = np.array([s for s, _ in candidate])
-    base_sum = np.array([s for s, _ in reference])
-    counts = np.array([n for _, n in reference], dtype=float)
-    if not (np.isfinite(cand_sum).all() and np.isfinite(base_sum).all()):
-        raise FloatingPointError("preference_accuracy: non-finite log-probabilities")
-    chosen, rejected = slice(0, None, 2), slice(1, None, 2)
-
-    reward = cand_sum - base_sum
-    implicit_wins = _wins(reward[chosen], reward[rejected])
-    margins = reward[chosen] - reward[rejected]
-    base_norm, cand_norm = base_sum / counts, cand_sum / counts
-    base_wins = _wins(base_norm[chosen], base_norm[rejected])
-    cand_wins = _wins(cand_norm[chosen], cand_norm[rejected])
-    base_margins = base_norm[chosen] - base_norm[rejected]
-    cand_margins = cand_norm[chosen] - cand_norm[rejected]
-    difference = cand_wins - base_wins
-
-    n = len(pairs)
-    idx = np.random.default_rng(seed).integers(0, n, size=(bootstrap, n)) if bootstrap > 0 else np.empty((0, n), int)
-    result: dict[str, float] = {"n_pairs": float(n)}
-    for name, values in (
-        ("implicit_accuracy", implicit_wins),
-        ("implicit_margin", margins),
-        ("base_accuracy", base_wins),
-        ("candidate_accuracy", cand_wins),
-        ("accuracy_difference", difference),
-        ("base_logp_margin", base_margins),
-        ("candidate_logp_margin", cand_margins),
-    ):
-        low, high = _ci(values, idx)
-        result[name] = float(values.mean())
-        result[f"{name}_ci_low"] = low
-        result[f"{name}_ci_high"] = high
-    result["mean_reward_chosen"] = float(reward[chosen].mean())
-    result["mean_reward_rejected"] = float(reward[rejected].mean())
-    result["n_response_tokens"] = float(counts.sum())
-    for key in ("implicit_accuracy", "implicit_margin", "base_accuracy", "candidate_accuracy"):
-        if not math.isfinite(result[key]):
-            raise FloatingPointError(f"preference_accuracy: {key} is not finite ({result[key]})")
-    return result
+        reference = score_pairs(model, tokenizer, pairs, max_length, batch_size)
+    return compare_scores(reference, candidate, *answer_lengths(tokenizer, pairs), bootstrap=bootstrap, seed=seed)
