@@ -191,6 +191,35 @@ def test_config_validation():
             PreferenceConfig.from_dict({**base, **bad})
 
 
+def test_pair_method_defaults_and_validation():
+    base = {"base_model_path": "b", "train_file": "t", "output_dir": "o"}
+    assert PreferenceConfig.from_dict({**base, "method": "simpo"}).beta == 2.0  # SimPO's own scale
+    assert PreferenceConfig.from_dict({**base, "method": "ld_dpo"}).beta == 0.1
+    assert PreferenceConfig.from_dict({**base, "method": "simpo", "beta": 2.5}).beta == 2.5
+    for bad in ({"method": "ld_dpo", "ld_alpha": 1.5}, {"method": "simpo", "beta": 0.0},
+                {"method": "simpo", "desirable_weight": 2.0}):
+        with pytest.raises(ValueError):
+            PreferenceConfig.from_dict({**base, **bad})
+
+
+@pytest.mark.parametrize("method", ["simpo", "ld_dpo", "ipo"])
+def test_pair_methods_train(method, base_model_dir, tmp_path):
+    """Two steps of each added pair method on the tiny pairs: finite losses, LoRA weights moved, adapter saved."""
+    from feedback_pipeline.training.chat_preference import main
+
+    cfg = PreferenceConfig(
+        base_model_path=str(base_model_dir), method=method, train_file=str(_write(tmp_path / "t.jsonl", _dpo_rows())),
+        output_dir=str(tmp_path / "adapter"), per_device_train_batch_size=2, max_length=96, learning_rate=1e-3,
+        max_steps=2, save_steps=2, **SMALL_LORA)
+    r = main(cfg, log=lambda _: None)
+    assert r.method == method and r.steps == 2 and r.weights_changed and not r.stopped_early
+    assert [s for s, _ in r.loss_history] == [1, 2]
+    assert all(math.isfinite(loss) for _, loss in r.loss_history)
+    assert "rewards/margins" in r.last_train_metrics
+    state = _lora_state(Path(r.adapter_dir))
+    assert any(k.endswith("lora_B.weight") and state[k].abs().sum() > 0 for k in state)  # B starts at 0: it moved
+
+
 def test_fit_prompt_drops_oldest_messages(base_model_dir):
     from transformers import AutoTokenizer
 
@@ -357,7 +386,12 @@ def test_preference_accuracy_is_bounded_and_finite(dpo_run, base_model_dir):
     for key in ("implicit_accuracy", "base_accuracy", "candidate_accuracy"):
         assert 0.0 <= m[f"{key}_ci_low"] <= m[key] <= m[f"{key}_ci_high"] <= 1.0
     assert -1.0 <= m["accuracy_difference"] <= 1.0
-    assert all(math.isfinite(v) for v in m.values())
+    # Every figure is finite but those of an empty length stratum (NaN: no pair to average).
+    empty = [s for s in ("longer", "shorter", "tie") if m[f"n_{s}"] == 0]
+    assert m["n_longer"] + m["n_shorter"] + m["n_tie"] == 4
+    assert all(math.isfinite(v) for k, v in m.items() if not any(k.endswith(f"_{s}") or f"_{s}_ci" in k for s in empty))
+    for key in ("implicit_norm_accuracy", "candidate_sum_accuracy", "length_rule_accuracy"):
+        assert 0.0 <= m[key] <= 1.0
     # The implicit margin is the mean reward gap by definition.
     assert m["implicit_margin"] == pytest.approx(m["mean_reward_chosen"] - m["mean_reward_rejected"])
 

@@ -1,8 +1,15 @@
 """python -m feedback_pipeline.training.chat_preference --config cfg.json
 
-LoRA preference tuning of a causal chat model with trl: KTO on thumbs (prompt / completion / bool label) or DPO on
-chosen/rejected pairs (config JSON keys are the fields of ``PreferenceConfig``; the result is printed as JSON on
-stdout, progress goes to the log on stderr).
+LoRA preference tuning of a causal chat model with trl: KTO on thumbs (prompt / completion / bool label), or one of
+the pair methods on chosen/rejected pairs (config JSON keys are the fields of ``PreferenceConfig``; the result is
+printed as JSON on stdout, progress goes to the log on stderr). Pair methods:
+
+- ``dpo``: DPO (sigmoid loss on the summed log-ratio against the base).
+- ``ld_dpo``: length-desensitised DPO (trl's ``ld_alpha``): log-probs of the tokens past the shorter answer's
+  length count only ``ld_alpha`` times, so the longer answer does not win by length alone.
+- ``ipo``: IPO (squared loss towards a margin of 1 / (2 beta) on per-token averaged log-ratios).
+- ``simpo``: SimPO through trl's CPOTrainer (``loss_type="simpo"``, ``cpo_alpha=0``): reward = beta x the mean
+  per-token log-prob (no reference model), margin ``simpo_gamma``.
 
 Input JSONL, one record per line (the extra keys the dataset builders write are ignored):
 
@@ -42,8 +49,13 @@ from feedback_pipeline.training.config_file import JsonConfig, jsonl_records
 
 logger = logging.getLogger(__name__)
 
-PreferenceMethod = Literal["kto", "dpo"]
+PreferenceMethod = Literal["kto", "dpo", "ld_dpo", "ipo", "simpo"]
 METHODS: tuple[str, ...] = get_args(PreferenceMethod)
+PAIR_METHODS = ("dpo", "ld_dpo", "ipo", "simpo")  # trained on chosen/rejected pairs; kto on labelled completions
+# beta when the config leaves it unset. SimPO's reward is beta x a per-token mean log-prob (no reference): the SimPO
+# paper uses beta 2-2.5 with gamma / beta 0.5-0.8 (simpo_gamma defaults to 1.0 = 0.5 x 2.0); the others scale a
+# log-ratio against the base, where 0.1 is trl's default.
+DEFAULT_BETA = {"kto": 0.1, "dpo": 0.1, "ld_dpo": 0.1, "ipo": 0.1, "simpo": 2.0}
 # KTO paper, eq. 8: weights with lambda_D * n_D / (lambda_U * n_U) in [1, 4/3]; aim at the middle of that range.
 KTO_TARGET_RATIO = 7 / 6
 
@@ -62,7 +74,11 @@ class PreferenceConfig(JsonConfig, CheckpointOptions, LoraOptions):
     output_dir: str = field(
         metadata={"help": "Where checkpoints, the final LoRA adapter, tokenizer and training_config.json go."}
     )
-    method: PreferenceMethod = field(default="kto", metadata={"help": "'kto' (thumbs: unpaired labels) or 'dpo' (pairs)."})
+    method: PreferenceMethod = field(
+        default="kto",
+        metadata={"help": "'kto' (thumbs: unpaired labels), or on pairs 'dpo', 'ld_dpo' (length-desensitised DPO), "
+                          "'ipo' or 'simpo' (length-normalised, no reference model)."},
+    )
     eval_file: str | None = field(
         default=None, metadata={"help": "Optional JSONL in the train format; its preference loss is eval_loss."}
     )
@@ -72,8 +88,18 @@ class PreferenceConfig(JsonConfig, CheckpointOptions, LoraOptions):
     )
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimizer step."})
     learning_rate: float = field(default=5e-5, metadata={"help": "Peak AdamW learning rate (linear decay to 0)."})
-    beta: float = field(
-        default=0.1, metadata={"help": "Strength of the pull towards the reference (base) model; higher = closer."}
+    beta: float | None = field(
+        default=None,
+        metadata={"help": "KTO/DPO/LD-DPO/IPO: strength of the pull towards the reference (base) model, higher = "
+                          "closer (default 0.1). SimPO: scale of its length-normalised reward (default 2.0)."},
+    )
+    simpo_gamma: float = field(
+        default=1.0, metadata={"help": "SimPO's target reward margin (method 'simpo' only; gamma / beta = 0.5)."}
+    )
+    ld_alpha: float = field(
+        default=0.5,
+        metadata={"help": "LD-DPO: weight in [0, 1] of the log-probs of tokens past the shorter answer's length "
+                          "(method 'ld_dpo' only; 1 is plain DPO)."},
     )
     lora_dropout: float = field(
         default=0.0, kw_only=True,
@@ -103,14 +129,22 @@ class PreferenceConfig(JsonConfig, CheckpointOptions, LoraOptions):
                                "max_length", "eval_steps", "save_steps", "save_total_limit", "logging_steps"))
         if self.method not in METHODS:
             raise ValueError(f"PreferenceConfig.method must be one of {METHODS}, got {self.method!r}")
+        if self.beta is None:
+            self.beta = DEFAULT_BETA[self.method]
+        if not (math.isfinite(self.beta) and self.beta > 0):
+            raise ValueError(f"PreferenceConfig.beta must be a positive number, got {self.beta!r}")
+        if not 0.0 <= self.ld_alpha <= 1.0:
+            raise ValueError(f"PreferenceConfig.ld_alpha must lie in [0, 1], got {self.ld_alpha!r}")
+        if not math.isfinite(self.simpo_gamma):
+            raise ValueError(f"PreferenceConfig.simpo_gamma must be finite, got {self.simpo_gamma!r}")
         if self.max_prompt_length is None:
             self.max_prompt_length = self.max_length // 2
         if not 1 <= self.max_prompt_length < self.max_length:
             raise ValueError(f"max_prompt_length must lie in [1, max_length), got {self.max_prompt_length}")
         if self.method == "kto" and self.per_device_train_batch_size < 2:
             raise ValueError("KTO needs per_device_train_batch_size >= 2 (its KL estimate mixes the batch)")
-        if self.method == "dpo" and (self.desirable_weight is not None or self.undesirable_weight is not None):
-            raise ValueError("desirable_weight/undesirable_weight are KTO settings; DPO pairs have no classes")
+        if self.method != "kto" and (self.desirable_weight is not None or self.undesirable_weight is not None):
+            raise ValueError("desirable_weight/undesirable_weight are KTO settings; pairs have no classes")
         for name in ("desirable_weight", "undesirable_weight"):
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value > 0):
@@ -242,7 +276,7 @@ def main(
     log: Callable[[str], None] | None = None,
     extra_callbacks: Sequence[TrainerCallback] = (),
 ) -> PreferenceResult:
-    """Train a KTO or DPO LoRA adapter on ``cfg.train_file`` and save it to ``cfg.output_dir``. Raises on bad data,
+    """Train a KTO or pair-method (DPO, LD-DPO, IPO, SimPO) LoRA adapter on ``cfg.train_file`` and save it to ``cfg.output_dir``. Raises on bad data,
     NaN losses, or a resume onto a checkpoint trained on other data."""
     from datasets import Dataset
     from transformers import EarlyStoppingCallback
@@ -283,10 +317,16 @@ def main(
         from trl import KTOConfig, KTOTrainer
 
         args, trainer_cls = KTOConfig(**common, desirable_weight=desirable, undesirable_weight=undesirable), KTOTrainer
+    elif cfg.method == "simpo":
+        from trl.experimental.cpo import CPOConfig, CPOTrainer
+
+        args = CPOConfig(**common, loss_type="simpo", cpo_alpha=0.0, simpo_gamma=cfg.simpo_gamma)
+        trainer_cls = CPOTrainer
     else:
         from trl import DPOConfig, DPOTrainer
 
-        args, trainer_cls = DPOConfig(**common), DPOTrainer
+        loss = {"dpo": {}, "ld_dpo": {"ld_alpha": cfg.ld_alpha}, "ipo": {"loss_type": ["ipo"]}}[cfg.method]
+        args, trainer_cls = DPOConfig(**common, **loss), DPOTrainer
 
     def story(step: int) -> dict[str, Any]:
         return {"config": asdict(cfg), "method": cfg.method, "steps": step, "base_model_path": str(base.resolve()),
