@@ -135,3 +135,37 @@ def test_empty_frame():
     report = quality_report(df, segments=("subject",))
     assert report.overall["rated"] == 0 and report.tables["subject"].empty
     assert "0 feedback rows" in report_markdown(report)
+
+
+def test_bootstrap_interval_agrees_with_a_hand_written_percentile_bootstrap():
+    """scipy.stats.bootstrap replaced numpy index resampling: same interval up to Monte Carlo error."""
+    import numpy as np
+
+    from feedback_pipeline.analysis.stats import bootstrap_interval
+
+    rng = np.random.default_rng(0)
+    liked, disliked = rng.normal(0.2, 1.0, 200), rng.normal(-0.1, 1.5, 150)
+    idx_l = rng.integers(0, liked.size, (4000, liked.size))
+    idx_d = rng.integers(0, disliked.size, (4000, disliked.size))
+    by_hand = np.percentile(liked[idx_l].mean(axis=1) - disliked[idx_d].mean(axis=1), [2.5, 97.5])
+    low, high = bootstrap_interval([liked, disliked], lambda a, b, axis: a.mean(axis) - b.mean(axis),
+                                   n_resamples=4000, seed=1)
+    assert (low, high) == pytest.approx(tuple(by_hand), abs=0.03)
+    # paired: the same resampled rows for both samples
+    paired = bootstrap_interval([liked[:150], disliked], lambda a, b, axis: (a - b).mean(axis), paired=True, seed=1)
+    diff = liked[:150] - disliked
+    assert paired[0] < diff.mean() < paired[1]
+
+
+def test_bootstrap_interval_edges():
+    from feedback_pipeline.analysis.stats import bootstrap_interval
+
+    mean = lambda x, axis: x.mean(axis)  # noqa: E731
+    assert bootstrap_interval([[1.0, 1.0, 1.0]], mean) == (1.0, 1.0)  # no spread: zero width, not NaN
+    assert bootstrap_interval([[0.5]], mean) == (0.5, 0.5)
+    assert all(math.isnan(v) for v in bootstrap_interval([[0.0, 1.0]], mean, n_resamples=0))
+    # a one-element sample is held fixed; the other is resampled
+    low, high = bootstrap_interval([[0.0, 1.0, 0.0, 1.0], [0.25]], lambda a, b, axis: a.mean(axis) - b.mean(axis))
+    assert low < 0.25 < high
+    with pytest.raises(ValueError):
+        bootstrap_interval([[1.0, 2.0], [1.0]], lambda a, b, axis: (a - b).mean(axis), paired=True)

@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from feedback_pipeline.analysis.stats import bootstrap_interval
+
 Message = dict[str, str]
 
 
@@ -127,6 +129,10 @@ def response_logprobs(
     return results
 
 
+def _difference_of_means(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
+    return np.mean(a, axis=axis) - np.mean(b, axis=axis)
+
+
 def _mean_per_token(scores: list[tuple[float, int]]) -> list[float]:
     return [s / n for s, n in scores]
 
@@ -181,13 +187,9 @@ def compare_chat_models(
     margin = ci_low = ci_high = nan
     if len(delta_disliked):
         margin = float(delta_liked.mean() - delta_disliked.mean())
-        if bootstrap > 0:
-            # Resample liked and disliked independently: they are separate samples of feedback.
-            rng = np.random.default_rng(seed)
-            idx_l = rng.integers(0, len(delta_liked), size=(bootstrap, len(delta_liked)))
-            idx_d = rng.integers(0, len(delta_disliked), size=(bootstrap, len(delta_disliked)))
-            margins = delta_liked[idx_l].mean(axis=1) - delta_disliked[idx_d].mean(axis=1)
-            ci_low, ci_high = (float(v) for v in np.percentile(margins, [2.5, 97.5]))
+        # Liked and disliked are resampled independently: they are separate samples of feedback.
+        ci_low, ci_high = bootstrap_interval([delta_liked, delta_disliked], _difference_of_means,
+                                             n_resamples=bootstrap, seed=seed)
 
     result = {
         "base_nll": float(base_nll),

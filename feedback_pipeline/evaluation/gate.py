@@ -17,7 +17,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 import numpy as np
-from scipy import special, stats
+from scipy import special
+
+from feedback_pipeline.analysis.stats import bootstrap_interval
 
 Decision = Literal["promote", "keep", "needs_review"]
 
@@ -120,13 +122,7 @@ def paired_interval(champion: Sequence[float], challenger: Sequence[float], conf
     if not (np.isfinite(a).all() and np.isfinite(b).all()):
         raise ValueError("paired_interval: scores must be finite")
     diff = b - a
-    if a.size == 1 or np.ptp(diff) == 0:
-        # No spread: every resample has the same mean (scipy would warn and return NaN).
-        low = high = float(diff.mean())
-    else:
-        res = stats.bootstrap((diff,), np.mean, confidence_level=confidence, n_resamples=n_resamples,
-                              method="percentile", rng=np.random.default_rng(seed))
-        low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
+    low, high = bootstrap_interval([diff], np.mean, confidence=confidence, n_resamples=n_resamples, seed=seed)
     return Interval(float(a.mean()), float(b.mean()), float(diff.mean()), low, high, int(a.size))
 
 
@@ -136,25 +132,31 @@ def win_outcomes(champion_scores: Sequence[float], challenger_scores: Sequence[f
     return np.where(b > a, 1.0, np.where(b == a, 0.5, 0.0))
 
 
-def _lc_intercepts(wins: np.ndarray, length_feature: np.ndarray, counts: np.ndarray, l2: float = 1e-3,
-                   iterations: int = 50) -> np.ndarray:
-    """Logistic regression of the judge's verdict on the length feature, once per row of ``counts`` (how often
-    each prompt is drawn: ones for the sample itself, multinomial counts for bootstrap resamples); returns the
-    intercepts, the log-odds of a challenger win at equal length. Newton's method, vectorised over the rows; a
-    small L2 keeps the fit finite when every verdict goes one way. Ties are fractional targets (0.5)."""
-    x = np.stack([np.ones_like(length_feature), length_feature], axis=1)  # (n, 2)
-    theta = np.zeros((counts.shape[0], 2))
-    total = counts.sum(axis=1, keepdims=True)
+def _lc_intercepts(wins: np.ndarray, length_feature: np.ndarray, l2: float = 1e-3, iterations: int = 50) -> np.ndarray:
+    """Logistic regression of the judge's verdict on the length feature, one fit per row of the (..., n) arrays (the
+    sample itself, or scipy's bootstrap resamples); returns the intercepts, the log-odds of a challenger win at equal
+    length. Newton's method, vectorised over the rows; a small L2 keeps the fit finite when every verdict goes one
+    way. Ties are fractional targets (0.5)."""
+    wins, feature = np.asarray(wins, dtype=float), np.asarray(length_feature, dtype=float)
+    shape = wins.shape[:-1]
+    wins, feature = wins.reshape(-1, wins.shape[-1]), feature.reshape(-1, feature.shape[-1])
+    x = np.stack([np.ones_like(feature), feature], axis=-1)  # (B, n, 2)
+    theta = np.zeros((x.shape[0], 2))
+    weight = 1.0 / x.shape[1]
     for _ in range(iterations):
-        p = special.expit(theta @ x.T)  # (B, n)
-        w = counts / total
-        grad = (w * (p - wins)) @ x + 2 * l2 * theta
-        hess = np.einsum("bn,ni,nj->bij", w * p * (1 - p), x, x) + 2 * l2 * np.eye(2)
+        p = special.expit(np.einsum("bni,bi->bn", x, theta))
+        grad = np.einsum("bn,bni->bi", weight * (p - wins), x) + 2 * l2 * theta
+        hess = np.einsum("bn,bni,bnj->bij", weight * p * (1 - p), x, x) + 2 * l2 * np.eye(2)
         step = np.linalg.solve(hess, grad[..., None])[..., 0]
         theta -= step
         if np.abs(step).max() < 1e-10:
             break
-    return theta[:, 0]
+    return theta[:, 0].reshape(shape)
+
+
+def _lc_win_rate(wins: np.ndarray, length_feature: np.ndarray, axis: int = -1) -> np.ndarray:
+    """The predicted win rate at zero length difference (a vectorised statistic for scipy's bootstrap)."""
+    return special.expit(_lc_intercepts(np.moveaxis(wins, axis, -1), np.moveaxis(length_feature, axis, -1)))
 
 
 def length_controlled_win_rate(champion_scores: Sequence[float], challenger_scores: Sequence[float],
@@ -173,12 +175,10 @@ def length_controlled_win_rate(champion_scores: Sequence[float], challenger_scor
     spread = float(delta.std())
     feature = np.tanh(delta / spread) if spread > 0 else np.zeros_like(delta)
     raw = paired_interval(np.full(wins.size, 0.5), wins, confidence, n_resamples, seed)
-    point = float(special.expit(_lc_intercepts(wins, feature, np.ones((1, wins.size)))[0]))
-    if wins.size > 1 and np.ptp(wins) > 0:
-        draws = np.random.default_rng(seed).multinomial(wins.size, np.full(wins.size, 1 / wins.size), n_resamples)
-        boot = special.expit(_lc_intercepts(wins, feature, draws.astype(float)))
-        tail = (1 - confidence) / 2
-        low, high = (float(v) for v in np.quantile(boot, [tail, 1 - tail]))
+    point = float(_lc_win_rate(wins, feature))
+    if np.ptp(wins) > 0:  # verdicts that all agree leave nothing to resample
+        low, high = bootstrap_interval([wins, feature], _lc_win_rate, paired=True, confidence=confidence,
+                                       n_resamples=n_resamples, seed=seed)
     else:
         low = high = point
     longer = float(np.mean(delta > 0)) if delta.size else math.nan

@@ -29,19 +29,20 @@ def _wins(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _mean_ci(values: np.ndarray, seed: int, other: np.ndarray | None = None) -> tuple[float | None, float | None]:
-    """95% percentile bootstrap interval of mean(values) (or of mean(values - other), resampled in pairs)."""
-    from scipy.stats import bootstrap
+    """95% percentile bootstrap interval of mean(values) (or of mean(values - other), resampled in pairs); None
+    where undefined (fewer than 2 pairs)."""
+    from feedback_pipeline.analysis.stats import bootstrap_interval
 
     if values.size < 2:
         return None, None
-    if other is None:
-        data, statistic = (values,), lambda x, axis: np.mean(x, axis=axis)
-    else:
-        data, statistic = (values, other), lambda x, y, axis: np.mean(x - y, axis=axis)
-    res = bootstrap(data, statistic, paired=other is not None, vectorized=True, n_resamples=N_RESAMPLES,
-                    confidence_level=0.95, method="percentile", rng=np.random.default_rng(seed))
-    low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
+    samples = [values] if other is None else [values, other]
+    low, high = bootstrap_interval(samples, _mean_difference, paired=other is not None, n_resamples=N_RESAMPLES,
+                                   seed=seed)
     return (low, high) if math.isfinite(low) and math.isfinite(high) else (None, None)
+
+
+def _mean_difference(x: np.ndarray, y: np.ndarray | None = None, axis: int = -1) -> np.ndarray:
+    return np.mean(x if y is None else x - y, axis=axis)
 
 
 def _with_ci(out: dict[str, Any], key: str, values: np.ndarray, seed: int, other: np.ndarray | None = None) -> None:
