@@ -1,20 +1,15 @@
-"""Everything Dagster loads: assets, checks, jobs, schedules, sensors and resources."""
+"""Everything Dagster loads: the assets, checks, jobs and schedules of ``feedback_pipeline/defs/`` (found by
+Dagster's defs-folder loader), plus what depends on settings: the resources and the sensors."""
 
 from __future__ import annotations
 
 import dagster as dg
 
-from feedback_pipeline.defs import (ab_testing, analysis, cleaning, datasets, embedding, evaluation, ingestion, lifecycle,
-                                    preference, reward, training)
-from feedback_pipeline.defs.automation import (build_retraining_sensor, daily_cleaning_job, daily_cleaning_schedule,
-                                               embedding_training_job, error_analysis_job, preference_training_job,
-                                               retraining_job, weekly_dataset_job, weekly_dataset_schedule,
-                                               weekly_error_analysis_schedule, weekly_retraining_schedule)
+import feedback_pipeline.defs
+from feedback_pipeline.defs.ab_testing import build_ab_test_sensor
+from feedback_pipeline.defs.automation import build_retraining_sensor
 from feedback_pipeline.defs.resources import FeedbackStoreResource, JudgeResource, MlflowResource, WorkspaceResource
 from feedback_pipeline.settings import Settings, load_settings
-
-_MODULES = [ingestion, cleaning, analysis, datasets, training, evaluation, preference, embedding, reward, lifecycle,
-            ab_testing]
 
 
 def build_resources(settings: Settings) -> dict:
@@ -33,16 +28,14 @@ def build_resources(settings: Settings) -> dict:
 
 
 def build_definitions(settings: Settings) -> dg.Definitions:
-    return dg.Definitions(
-        assets=dg.load_assets_from_modules(_MODULES),
-        asset_checks=dg.load_asset_checks_from_modules(_MODULES),
-        jobs=[retraining_job, daily_cleaning_job, error_analysis_job, preference_training_job,
-              embedding_training_job, weekly_dataset_job, lifecycle.model_cleanup_job, lifecycle.rollback_job,
-              ab_testing.ab_test_job],
-        schedules=[weekly_retraining_schedule, daily_cleaning_schedule, weekly_error_analysis_schedule,
-                   weekly_dataset_schedule, lifecycle.model_cleanup_schedule],
-        sensors=[build_retraining_sensor(settings.retrain_min_new_feedback), ab_testing.build_ab_test_sensor()],
-        resources=build_resources(settings),
+    # load_defs is what dg.load_from_defs_folder runs once it has found the defs module in the project's dg config;
+    # naming the module here needs no pyproject.toml at run time (an installed wheel, a container image).
+    return dg.Definitions.merge(
+        dg.components.load_defs(feedback_pipeline.defs),
+        dg.Definitions(
+            sensors=[build_retraining_sensor(settings.retrain_min_new_feedback), build_ab_test_sensor()],
+            resources=build_resources(settings),
+        ),
     )
 
 
