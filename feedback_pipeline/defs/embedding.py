@@ -14,9 +14,12 @@ from feedback_pipeline.datasets.embedding_pairs import export_pairs, pairs_from_
 from feedback_pipeline.defs.handoffs import ReleaseDecision
 from feedback_pipeline.defs.release import GateConfig, act_on_decision, decision_check
 from feedback_pipeline.defs.resources import FeedbackStoreResource, MlflowResource, WorkspaceResource
+from feedback_pipeline.defs.trainer_config import trainer_config
+from feedback_pipeline.deploy_config import TRAINING_POOL
 from feedback_pipeline.evaluation.gate import Evidence, decide
 from feedback_pipeline.release.champions import embedder_champion
 from feedback_pipeline.tracking.registry import registration_tags
+from feedback_pipeline.training.embedder import EmbedderConfig
 
 
 @dg.asset(group_name="embedding", kinds={"json", "csv"},
@@ -35,34 +38,30 @@ def embedding_pairs(context: dg.AssetExecutionContext, cleaned_feedback: pd.Data
     return {"fingerprint": manifest["fingerprint"], **{k: str(v) for k, v in paths.items()}}
 
 
-class EmbedderTrainingConfig(dg.Config):
-    loss: str = Field("mnrl", description="mnrl (MultipleNegativesRankingLoss) | cosine | triplet.")
-    epochs: float = Field(1.0, description="Passes over the training pairs.")
-    batch_size: int = Field(32, description="Pairs per step (the in-batch negatives of mnrl).")
-    learning_rate: float = Field(2e-5, description="Peak AdamW learning rate.")
-    max_seq_length: int = Field(256, description="Tokens per text.")
+# The trainer's dataclass is the one source of fields and defaults (the recipe chosen by bench/scifact_ablation.py);
+# the asset supplies the data and folders.
+_EMBEDDER_PATHS = ("base_model_path", "train_file", "output_dir", "beir_dir", "beir_split", "holdout_fraction",
+                   "holdout_seed", "test_beir_dir", "test_split", "eval_queries", "eval_corpus", "eval_qrels")
+EmbedderTrainingConfig = trainer_config(EmbedderConfig, exclude=_EMBEDDER_PATHS, name="EmbedderTrainingConfig")
 
 
-@dg.asset(group_name="embedding", kinds={"pytorch", "mlflow"},
+@dg.asset(pool=TRAINING_POOL, group_name="embedding", kinds={"pytorch", "mlflow"},
           description="all-MiniLM-L6-v2 (or EMBEDDING_MODEL) fine-tuned on embedding_pairs; registered as a "
                       "feedback-embedder challenger.")
 def embedding_model(context: dg.AssetExecutionContext, config: EmbedderTrainingConfig, embedding_pairs: dict,
                     workspace: WorkspaceResource, mlflow_tracking: MlflowResource) -> dict:
-    from feedback_pipeline.training.embedder import EmbedderConfig, main, register_embedder
+    from feedback_pipeline.training.embedder import main, register_embedder
 
-    cfg = EmbedderConfig(
+    cfg = config.to_trainer(
         base_model_path=workspace.embedding_model, train_file=embedding_pairs["train"],
-        output_dir=str(workspace.path("models", "embedders", embedding_pairs["fingerprint"][:12])),
-        loss=config.loss, epochs=config.epochs, batch_size=config.batch_size,
-        learning_rate=config.learning_rate, max_seq_length=config.max_seq_length)
+        output_dir=str(workspace.path("models", "embedders", embedding_pairs["fingerprint"][:12])))
     mlflow_tracking.activate()
     with mlflow.start_run(run_name=f"embedder-{embedding_pairs['fingerprint'][:12]}") as run:
         mlflow.set_tags({"stage": "embedder", "dagster_run_id": context.run.run_id})
-        mlflow.log_params({"loss": cfg.loss, "epochs": cfg.epochs, "batch_size": cfg.batch_size,
-                           "learning_rate": cfg.learning_rate, "max_seq_length": cfg.max_seq_length,
-                           "dataset_fingerprint": embedding_pairs["fingerprint"]})
+        mlflow.log_params({**config.trainer_values(), "dataset_fingerprint": embedding_pairs["fingerprint"]})
         result = main(cfg, log=context.log.info)
-        mlflow.log_metrics({"final_train_loss": result.final_train_loss, "pairs_per_s": result.examples_per_s})
+        mlflow.log_metrics({"final_train_loss": result.final_train_loss, "pairs_per_s": result.examples_per_s,
+                            "mined_pairs": result.mined_pairs})
     version = register_embedder(run.info.run_id, result.model_dir, mlflow_tracking.embedding_model_name,
                                 tags=registration_tags("embedder", embedding_pairs, [result.model_dir],
                                                        model_dir=result.model_dir))
