@@ -117,10 +117,13 @@ def test_bad_stored_values_never_break_raw_to_cleaned(store, tmp_path):
     result = dg.materialize([raw_feedback, cleaned_feedback], resources={
         "feedback_store": FeedbackStoreResource(db_url=store.url), "workspace": WorkspaceResource(data_dir=str(tmp_path))})
     assert result.success
-    cleaned = result.output_for_node("cleaned_feedback")
+    cleaned = result.output_for_node("cleaned_feedback").read(store)  # a reference: the rows are in the table
     assert sorted(cleaned["query"]) == ["Question 0?", "Question 1?", "Question 2?"]
+    # The rejected-rows report holds ids and reasons, never the text.
     rejected = pd.read_csv(tmp_path / "reports" / "rejected_feedback.csv")
-    reasons = dict(zip(rejected["query"], rejected["reject_reason"]))
+    assert list(rejected.columns) == ["id", "partition_date", "reject_reason"]
+    query_of = {row["id"]: row["query"] for row in rows}
+    reasons = {query_of[i]: r for i, r in zip(rejected["id"], rejected["reject_reason"])}
     assert reasons["From the year 2999?"].startswith("created_at: missing or outside the readable range")
     assert reasons["From the year 1?"].startswith("created_at: missing or outside the readable range")
     assert reasons["From 1990?"].startswith("created_at: outside 2000-01-01")

@@ -39,7 +39,7 @@ def test_report_assets_on_real_feedback(tmp_path):
     subjects = tables["subject"].set_index("segment")
     assert subjects.loc["(unknown)", "n_rated"] > 0 and subjects["ci_low"].le(subjects["like_rate"]).all()
 
-    patterns = result.output_for_node("error_patterns")
+    patterns = result.output_for_node("error_patterns").load()
     summary = patterns["error_summary"].set_index("type")
     assert summary.loc["too_short", "checked"] and summary.loc["refusal", "checked"]
     assert patterns["patterns"].n_disliked > 0
@@ -57,6 +57,7 @@ def test_report_assets_on_real_feedback(tmp_path):
     assert statuses == sorted(statuses, key=["failing", "note", "watch"].index)
     assert "too little data (recent" not in report  # every row is from today: no baseline period yet, said once
     assert report.count("No baseline period yet") == 1
-    cleaned = result.output_for_node("cleaned_feedback")
-    assert {"spam_reason", "exclude_from_training"} <= set(cleaned.columns)
-    assert isinstance(cleaned, pd.DataFrame) and len(cleaned) > 200
+    cleaned = result.output_for_node("cleaned_feedback")  # a reference: the rows stay in the store
+    assert cleaned.table == "cleaned_feedback" and cleaned.rows > 200
+    frame = cleaned.read(store, columns=["id", "spam_reason", "exclude_from_training"], limit=50)
+    assert isinstance(frame, pd.DataFrame) and len(frame) == 50

@@ -70,13 +70,40 @@ def detect_drops(
     rated = df[df["label"].isin(["liked", "disliked"])] if len(df) else df
     if rated.empty:
         return pd.DataFrame(columns=COLUMNS)
-    periods = _periods(rated["created_at"], freq)
+    counts = pd.DataFrame({"segment": segment_values(rated[segment_column]).to_numpy(),
+                           "period": _periods(rated["created_at"], freq),
+                           "liked": (rated["label"] == "liked").to_numpy(dtype=int), "rated": 1})
+    return detect_drops_from_counts(counts, baseline_periods, min_count, alpha, min_drop, cusum_k, cusum_h)
+
+
+def period_counts(segments: pd.DataFrame, freq: str = "W") -> pd.DataFrame:
+    """Rated rows per (segment, period) from ``quality.segment_counts`` (rows per segment, day and label): the
+    input of :func:`detect_drops_from_counts`, computed from SQL group-bys instead of rows."""
+    rated = segments[segments["label"].isin(["liked", "disliked"])]
+    if rated.empty:
+        return pd.DataFrame(columns=["segment", "period", "liked", "rated"])
+    return pd.DataFrame({"segment": rated["segment"].to_numpy(), "period": _periods(rated["day"], freq),
+                         "liked": rated["n"].where(rated["label"] == "liked", 0).to_numpy(dtype=int),
+                         "rated": rated["n"].to_numpy(dtype=int)})
+
+
+def detect_drops_from_counts(
+    counts: pd.DataFrame,
+    baseline_periods: int = 4,
+    min_count: int = 20,
+    alpha: float = 0.01,
+    min_drop: float = 0.05,
+    cusum_k: float = 0.25,
+    cusum_h: float = 4.0,
+) -> pd.DataFrame:
+    """:func:`detect_drops` from liked / rated counts per (segment, period) (several rows per pair are summed)."""
+    if counts.empty:
+        return pd.DataFrame(columns=COLUMNS)
+    periods = pd.PeriodIndex(counts["period"])
     latest = periods.max()
     window = pd.period_range(end=latest, periods=baseline_periods + 1, freq=latest.freq)
-    counts = pd.DataFrame({"segment": segment_values(rated[segment_column]).to_numpy(), "period": periods,
-                           "liked": (rated["label"] == "liked").to_numpy(dtype=int), "rated": 1})
     # Segments with nothing in the window (retired models, old intents) have nothing to say about now.
-    counts = counts[counts["period"].isin(window)].groupby(["segment", "period"])[["liked", "rated"]].sum()
+    counts = counts[periods.isin(window)].groupby(["segment", "period"])[["liked", "rated"]].sum()
     rows = []
     for segment in counts.index.unique(level="segment"):
         per = counts.loc[segment].reindex(window, fill_value=0)

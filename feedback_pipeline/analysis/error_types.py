@@ -21,7 +21,7 @@ ERROR_TYPES = ("refusal", "truncated", "too_short", "wrong_language", "repetitio
                "tool_failure", "slow")
 SUMMARY_COLUMNS = ["type", "checked", "n_flagged", "n_disliked_flagged", "dislike_rate_flagged", "ci_low_flagged",
                    "ci_high_flagged", "n_unflagged", "dislike_rate_unflagged", "ci_low_unflagged",
-                   "ci_high_unflagged", "p_value", "examples"]
+                   "ci_high_unflagged", "p_value", "examples", "example_ids"]
 
 _CANT = r"(?:can'?t|cannot|can not|won'?t(?: be able to)?|will not(?: be able to)?|am unable to|'?m unable to|" \
         r"am not able to|'?m not able to)"
@@ -231,7 +231,7 @@ def error_type_summary(df: pd.DataFrame, flags: pd.DataFrame, max_examples: int 
     rows = []
     for kind in ERROR_TYPES:
         if kind not in flags:
-            rows.append({"type": kind, "checked": False, "examples": []})
+            rows.append({"type": kind, "checked": False, "examples": [], "example_ids": []})
             continue
         column = flags[kind].reindex(df.index)
         hit, checked = column.fillna(False).astype(bool), rated & column.notna()  # NA: not checked (sampled out)
@@ -245,6 +245,8 @@ def error_type_summary(df: pd.DataFrame, flags: pd.DataFrame, max_examples: int 
             "n_unflagged": n2, "dislike_rate_unflagged": k2 / n2 if n2 else np.nan,
             "ci_low_unflagged": lo2, "ci_high_unflagged": hi2, "p_value": compare_rates(k1, n1, k2, n2)[1],
             "examples": [_clip(r) for r in ranked["response"].head(max_examples)],
+            # whose text the examples quote (erasure removes a report quoting an erased row)
+            "example_ids": [str(i) for i in ranked["id"].head(max_examples)] if "id" in ranked else [],
         })
     summary = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
     counts = ["n_flagged", "n_disliked_flagged", "n_unflagged"]
@@ -252,16 +254,19 @@ def error_type_summary(df: pd.DataFrame, flags: pd.DataFrame, max_examples: int 
     return summary
 
 
-def error_types_markdown(summary: pd.DataFrame) -> str:
-    """Markdown for analysts: one row per checked type, the worst excess dislike rate first."""
+def error_types_markdown(summary: pd.DataFrame, quotes: bool = True) -> str:
+    """Markdown for analysts: one row per checked type, the worst excess dislike rate first (``quotes=False``:
+    without the example column)."""
     checked = summary[summary["checked"].astype(bool)].copy()
     checked["excess"] = checked["dislike_rate_flagged"] - checked["dislike_rate_unflagged"]
     checked = checked.sort_values("excess", ascending=False, na_position="last")
-    header = ["error type", "flagged", "disliked", "dislike rate flagged (95% CI)", "others (95% CI)", "p", "example"]
+    header = ["error type", "flagged", "disliked", "dislike rate flagged (95% CI)", "others (95% CI)", "p"] \
+        + (["example"] if quotes else [])
     rows = [[r["type"], r["n_flagged"], r["n_disliked_flagged"],
              f"{fmt_pct(r['dislike_rate_flagged'])} ({fmt_ci(r['ci_low_flagged'], r['ci_high_flagged'])})",
              f"{fmt_pct(r['dislike_rate_unflagged'])} ({fmt_ci(r['ci_low_unflagged'], r['ci_high_unflagged'])})",
-             "n/a" if pd.isna(r["p_value"]) else f"{r['p_value']:.2g}", md_cell((r["examples"] or [""])[0])]
+             "n/a" if pd.isna(r["p_value"]) else f"{r['p_value']:.2g}"]
+            + ([md_cell((r["examples"] or [""])[0])] if quotes else [])
             for r in checked.to_dict("records")]
     lines = ["## Error types", "", "Rule-based flags on rated answers; dislike rate of flagged answers vs. all others.",
              "", md_table(header, rows)]

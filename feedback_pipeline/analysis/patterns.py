@@ -39,6 +39,7 @@ class ErrorCluster:
     sample_comments: list[str]
     ids: list = field(default_factory=list)  # feedback ids of the disliked members, for drill-down
     liked_ids: list = field(default_factory=list)  # feedback ids of the liked rows counted in liked_nearby
+    quoted_ids: list = field(default_factory=list)  # feedback ids whose text the examples and comments quote
 
 
 @dataclass
@@ -49,6 +50,14 @@ class ErrorPatterns:
     n_unclustered: int
     sample_fraction: float = 1.0  # share of rated rows embedded; cluster counts scale by 1 / this
     n_rated: int = 0  # rated rows in all
+
+    def quoted_ids(self) -> set[str]:
+        """Feedback ids whose (redacted) text the report quotes: cluster examples, comments, segment examples."""
+        ids = {str(i) for c in self.clusters for i in c.quoted_ids}
+        for table in self.by_segment.values():
+            if "example_ids" in table:
+                ids |= {str(i) for examples in table["example_ids"] for i in examples}
+        return ids
 
 
 def embedding_sample(rated: pd.DataFrame, max_rows: int | None) -> pd.DataFrame:
@@ -180,8 +189,9 @@ def dislikes_by(df: pd.DataFrame, column: str, max_examples: int = 3) -> pd.Data
             continue
         low, high = wilson_interval(len(bad), len(group))
         examples = [_truncate(q, 80) for q in bad["query"].head(max_examples)]  # short: a table cell
-        rows.append([segment, len(bad), len(group), len(bad) / len(group), low, high, examples])
-    columns = ["segment", "disliked", "rated", "dislike_rate", "ci_low", "ci_high", "examples"]
+        quoted = [str(i) for i in bad["id"].head(max_examples)] if "id" in bad else []
+        rows.append([segment, len(bad), len(group), len(bad) / len(group), low, high, examples, quoted])
+    columns = ["segment", "disliked", "rated", "dislike_rate", "ci_low", "ci_high", "examples", "example_ids"]
     out = pd.DataFrame(rows, columns=columns)
     return out.sort_values(["disliked", "dislike_rate"], ascending=False, ignore_index=True)
 
@@ -201,7 +211,9 @@ def _make_cluster(
     cid: int, members: pd.DataFrame, sims: np.ndarray, liked: pd.DataFrame, terms: list[str], max_examples: int
 ) -> ErrorCluster:
     central = members.iloc[np.argsort(-sims, kind="stable")]  # most typical first
-    comments = [_truncate(c) for c in central["comment"] if isinstance(c, str) and c.strip()]
+    commented = central[[isinstance(c, str) and bool(c.strip()) for c in central["comment"]]]
+    comments = [_truncate(c) for c in commented["comment"]]
+    quoted = [*central["id"].head(max_examples), *commented["id"].head(max_examples)] if "id" in central else []
     size, liked_nearby = len(members), len(liked)
     low, high = wilson_interval(size, size + liked_nearby)
     return ErrorCluster(
@@ -218,6 +230,7 @@ def _make_cluster(
         sample_comments=comments[:max_examples],
         ids=central["id"].tolist() if "id" in central else [],
         liked_ids=liked["id"].tolist() if "id" in liked else [],
+        quoted_ids=sorted({str(i) for i in quoted}),
     )
 
 
@@ -230,6 +243,7 @@ def error_patterns(
     assign_threshold: float | None = 0.5,
     max_embedded: int | None = None,
     max_share: float | None = 0.25,
+    population: int | None = None,
 ) -> ErrorPatterns:
     """Dislikes by subject and intent, plus topic clusters of disliked query+response texts.
 
@@ -249,11 +263,12 @@ def error_patterns(
     by_segment = {col: dislikes_by(df, col, max_examples) for col in ("subject", "intent")}
     rated = df[df["label"].isin(["liked", "disliked"])]
     sample = embedding_sample(rated, max_embedded)
-    fraction = len(sample) / len(rated) if len(rated) else 1.0
+    n_rated = max(population or 0, len(rated))
+    fraction = len(sample) / n_rated if n_rated else 1.0
     bad = sample[sample["label"] == "disliked"].reset_index(drop=True)
     good = sample[sample["label"] == "liked"]
     if bad.empty:
-        return ErrorPatterns(by_segment, [], 0, 0, fraction, len(rated))
+        return ErrorPatterns(by_segment, [], 0, 0, fraction, n_rated)
     texts = _row_text(bad)
     vectors = _normalise(embeddings_for(texts))
     labels = cluster_texts(vectors, min_cluster_size, distance_threshold)
@@ -261,7 +276,7 @@ def error_patterns(
         labels = split_broad(vectors, labels, min_cluster_size, distance_threshold, max_share)
     cids = [c for c in sorted(set(labels.tolist())) if c != -1]
     if not cids:
-        return ErrorPatterns(by_segment, [], len(bad), len(bad), fraction, len(rated))
+        return ErrorPatterns(by_segment, [], len(bad), len(bad), fraction, n_rated)
     terms = cluster_terms(texts, labels)
     centroids = _normalise(np.stack([vectors[labels == c].mean(axis=0) for c in cids]))
     member_sims = [vectors[labels == c] @ centroids[i] for i, c in enumerate(cids)]
@@ -275,22 +290,22 @@ def error_patterns(
         for i, c in enumerate(cids)
     ]
     clusters.sort(key=lambda cl: (-cl.size, cl.id))
-    return ErrorPatterns(by_segment, clusters, len(bad), int((labels == -1).sum()), fraction, len(rated))
+    return ErrorPatterns(by_segment, clusters, len(bad), int((labels == -1).sum()), fraction, n_rated)
 
 
-def _segment_markdown(column: str, table: pd.DataFrame) -> str:
+def _segment_markdown(column: str, table: pd.DataFrame, quotes: bool = True) -> str:
     if table.empty:
         return f"## Dislikes by {column}\n\nNo disliked answers."
     rows = [
         [r["segment"], r["disliked"], r["rated"], fmt_pct(r["dislike_rate"]), fmt_ci(r["ci_low"], r["ci_high"])]
-        + [" / ".join(r["examples"])]
+        + ([" / ".join(r["examples"])] if quotes else [])
         for r in table.to_dict("records")
     ]
-    header = [column, "disliked", "rated", "dislike rate", "95% CI", "example queries"]
+    header = [column, "disliked", "rated", "dislike rate", "95% CI"] + (["example queries"] if quotes else [])
     return f"## Dislikes by {column}\n\n" + md_table(header, rows)
 
 
-def _cluster_markdown(c: ErrorCluster) -> str:
+def _cluster_markdown(c: ErrorCluster, quotes: bool = True) -> str:
     lines = [
         f"### Cluster {c.id}: {md_cell(c.name)}",
         "",
@@ -298,6 +313,8 @@ def _cluster_markdown(c: ErrorCluster) -> str:
         f"{fmt_pct(c.dislike_rate)} (95% CI {fmt_ci(c.ci_low, c.ci_high)}). Top terms: {', '.join(c.terms)}.",
         "",
     ]
+    if not quotes:
+        return "\n".join(lines + ["Examples and comments: in the report file."])
     for query, response in zip(c.example_queries, c.example_responses):
         lines += [f"- **Q:** {md_cell(query)}", f"  - **A:** {md_cell(response)}"]
     if c.sample_comments:
@@ -305,10 +322,12 @@ def _cluster_markdown(c: ErrorCluster) -> str:
     return "\n".join(lines)
 
 
-def patterns_markdown(patterns: ErrorPatterns) -> str:
-    """Markdown for analysts: segment tables, then failure clusters largest first with examples."""
+def patterns_markdown(patterns: ErrorPatterns, quotes: bool = True) -> str:
+    """Markdown for analysts: segment tables, then failure clusters largest first with examples. ``quotes=False``
+    leaves out every quoted text (examples, comments): the version for Dagster's metadata, which erasure cannot
+    rewrite; the report file has them."""
     parts = ["# Error patterns", ""]
-    parts += [_segment_markdown(col, table) + "\n" for col, table in patterns.by_segment.items()]
+    parts += [_segment_markdown(col, table, quotes) + "\n" for col, table in patterns.by_segment.items()]
     clustered = patterns.n_disliked - patterns.n_unclustered
     parts.append(
         f"## Clusters of disliked answers\n\n{clustered} of {patterns.n_disliked} disliked answers fall into "
@@ -322,5 +341,5 @@ def patterns_markdown(patterns: ErrorPatterns) -> str:
             f"counts below are sample counts: multiply by {1 / share:.1f} for the whole. Dislike rates and their "
             "intervals need no scaling (liked and disliked rows were sampled alike).\n"
         )
-    parts += [_cluster_markdown(c) + "\n" for c in patterns.clusters]
+    parts += [_cluster_markdown(c, quotes) + "\n" for c in patterns.clusters]
     return "\n".join(parts)

@@ -54,13 +54,20 @@ def like_rate_over_time(df: pd.DataFrame, by: str = "model_name", freq: str = "W
     Only the ``max_lines`` values with most ratings get a line: more lines are unreadable, and the title says
     how many were left out. Periods without ratings leave a gap instead of an interpolated line.
     """
-    title = f"Like rate by {by} per {'day' if freq.upper().startswith('D') else 'week'}"
     rated = df[df["label"].isin(["liked", "disliked"])] if len(df) and "label" in df else df.iloc[:0]
-    if rated.empty:
-        return _no_data(title)
-    frame = pd.DataFrame({"segment": segment_values(rated[by]).to_numpy(),
-                          "period": _period_start(rated["created_at"], freq).to_numpy(),
+    frame = pd.DataFrame({"segment": segment_values(rated[by]).to_numpy() if len(rated) else [],
+                          "period": _period_start(rated["created_at"], freq).to_numpy() if len(rated) else [],
                           "liked": (rated["label"] == "liked").to_numpy(dtype=int), "n": 1})
+    return like_rate_over_time_from_counts(frame, by, freq, max_lines)
+
+
+def like_rate_over_time_from_counts(frame: pd.DataFrame, by: str = "model_name", freq: str = "W",
+                                    max_lines: int = 8) -> bytes:
+    """:func:`like_rate_over_time` from rated counts: columns segment, period (its start), liked, n (rated); from
+    ``quality.segment_counts`` via :func:`period_frame`."""
+    title = f"Like rate by {by} per {'day' if freq.upper().startswith('D') else 'week'}"
+    if frame.empty:
+        return _no_data(title)
     counts = frame.groupby(["segment", "period"])[["liked", "n"]].sum()
     sizes = counts.groupby(level="segment")["n"].sum().sort_values(ascending=False, kind="stable")
     shown = list(sizes.index[:max_lines])
@@ -92,6 +99,15 @@ def like_rate_over_time(df: pd.DataFrame, by: str = "model_name", freq: str = "W
     ax.xaxis.set_major_locator(locator)
     ax.xaxis.set_major_formatter(ConciseDateFormatter(locator))
     return _png(fig)
+
+
+def period_frame(segments: pd.DataFrame, freq: str) -> pd.DataFrame:
+    """Rated counts per (segment, period start) from ``quality.segment_counts`` (rows per segment, day, label)."""
+    rated = segments[segments["label"].isin(["liked", "disliked"])]
+    return pd.DataFrame({"segment": rated["segment"].to_numpy(),
+                         "period": _period_start(rated["day"], freq).to_numpy() if len(rated) else [],
+                         "liked": rated["n"].where(rated["label"] == "liked", 0).to_numpy(dtype=int),
+                         "n": rated["n"].to_numpy(dtype=int)})
 
 
 def segment_bars(table: pd.DataFrame, title: str = "Like rate by segment", max_bars: int = 20) -> bytes:

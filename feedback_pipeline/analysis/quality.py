@@ -59,8 +59,15 @@ def like_rate_by(df: pd.DataFrame, column: str, min_count: int = 10) -> pd.DataF
     """
     if df.empty:
         return pd.DataFrame(columns=TABLE_COLUMNS)
-    counts = _label_counts(df, segment_values(df[column]))
-    table = _with_rates(counts).rename_axis("segment").reset_index()
+    return like_rate_table(_label_counts(df, segment_values(df[column])), min_count)
+
+
+def like_rate_table(counts: pd.DataFrame, min_count: int = 10) -> pd.DataFrame:
+    """:func:`like_rate_by` from counts: ``liked`` and ``disliked`` per segment (the index), every segment with a
+    row, even one without rated rows."""
+    if counts.empty:
+        return pd.DataFrame(columns=TABLE_COLUMNS)
+    table = _with_rates(counts.sort_index()).rename_axis("segment").reset_index()
     table["enough_data"] = table["n_rated"] >= min_count
     enough = table[table["enough_data"]].sort_values(
         ["like_rate", "n_rated", "segment"], ascending=[True, False, True], na_position="last"
@@ -78,7 +85,15 @@ def weekly_trend(df: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(columns=columns)
     ts = pd.to_datetime(df["created_at"], utc=True)
     week = (ts - pd.to_timedelta(ts.dt.weekday, unit="D")).dt.normalize()
-    counts = _label_counts(df, week)
+    return weekly_trend_table(_label_counts(df, week))
+
+
+def weekly_trend_table(counts: pd.DataFrame) -> pd.DataFrame:
+    """:func:`weekly_trend` from ``liked`` / ``disliked`` counts per week start (Monday 00:00 UTC, the index)."""
+    columns = ["week", "n_rated", "liked", "like_rate", "ci_low", "ci_high"]
+    if counts.empty:
+        return pd.DataFrame(columns=columns)
+    counts = counts.sort_index()
     # A gap in the series is information (no traffic, broken logging); keep it visible.
     full = pd.date_range(counts.index.min(), counts.index.max(), freq="7D")
     counts = counts.reindex(full, fill_value=0)
@@ -110,6 +125,43 @@ def quality_report(
         raise KeyError(f"feedback frame lacks columns {missing}")
     tables = {col: like_rate_by(df, col, min_count=min_count) for col in segments}
     return QualityReport(_overall(df), tables, weekly_trend(df), min_count, segments)
+
+
+# --- the same report from SQL group-bys (store/cleaned.py label_counts) ---------------------------------------
+
+def _pivot(counts: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """``n`` per key and label -> one row per key with ``liked``, ``disliked`` (neutral-only keys kept, at 0)."""
+    frame = counts.assign(liked=counts["n"].where(counts["label"] == "liked", 0),
+                          disliked=counts["n"].where(counts["label"] == "disliked", 0))
+    return frame.groupby(keys, sort=True)[["liked", "disliked"]].sum().astype("int64")
+
+
+def segment_counts(per_value: pd.DataFrame) -> pd.DataFrame:
+    """Rows per (segment, day, label) from SQL counts per stored value (blank and NULL merged as ``segment_values``
+    merges them): columns segment, day (UTC Timestamp), label, n."""
+    out = per_value.assign(segment=segment_values(per_value["value"]) if len(per_value) else pd.Series(dtype=str),
+                           day=pd.to_datetime(per_value["partition_date"], utc=True))
+    return out.groupby(["segment", "day", "label"], as_index=False)["n"].sum()
+
+
+def quality_report_from_counts(overall: pd.DataFrame, per_column: dict[str, pd.DataFrame],
+                               min_count: int = 10) -> QualityReport:
+    """:func:`quality_report` from ``label_counts``' group-bys (rows per day and label; per day, value and label for
+    each segment column): the same tables, weekly trend and overall figures, without reading any row."""
+    segments = tuple(per_column)
+    tables = {}
+    for column, per_value in per_column.items():
+        counts = segment_counts(per_value)
+        tables[column] = like_rate_table(_pivot(counts, ["segment"]) if len(counts) else counts, min_count)
+    days = overall.assign(day=pd.to_datetime(overall["partition_date"], utc=True))
+    week = (days["day"] - pd.to_timedelta(days["day"].dt.weekday, unit="D")).dt.normalize()
+    weekly = weekly_trend_table(_pivot(days.assign(week=week), ["week"]).rename_axis(None) if len(days) else days)
+    liked = int(overall.loc[overall["label"] == "liked", "n"].sum())
+    disliked = int(overall.loc[overall["label"] == "disliked", "n"].sum())
+    rated = liked + disliked
+    totals = {"rows": int(overall["n"].sum()), "rated": rated, "liked": liked, "disliked": disliked,
+              "like_rate": liked / rated if rated else float("nan"), "ci": wilson_interval(liked, rated)}
+    return QualityReport(totals, tables, weekly, min_count, segments)
 
 
 # --- markdown -----------------------------------------------------------------------------------

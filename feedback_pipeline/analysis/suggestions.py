@@ -281,7 +281,18 @@ _SECTIONS = {"failing": "Failing: more dislikes than the baseline, beyond chance
              "watch": "Watch: above the baseline, but within chance (the lower end of the interval first)"}
 
 
-def suggestions_markdown(suggestions: Sequence[Suggestion]) -> str:
+_QUOTE = (' Example question: "', ' Example: "')
+
+
+def without_quotes(evidence: str) -> str:
+    """The evidence without its quoted example (always its last sentence)."""
+    for marker in _QUOTE:
+        evidence = evidence.split(marker)[0]
+    return evidence
+
+
+def suggestions_markdown(suggestions: Sequence[Suggestion], quotes: bool = True) -> str:
+    """Markdown for analysts; ``quotes=False`` leaves out the quoted examples (for Dagster's metadata)."""
     lines = ["## Suggestions", ""]
     if not suggestions:
         return "\n".join(lines + ["Nothing stands out: no suggestion has enough evidence yet."]) + "\n"
@@ -293,5 +304,5 @@ def suggestions_markdown(suggestions: Sequence[Suggestion]) -> str:
         if mine:
             lines += [f"### {heading}", ""]
             lines += [f"{i}. **{md_cell(s.title)}** ({s.kind}, {s.status}, priority {s.priority:.1f})  \n"
-                      f"   {md_cell(s.evidence)}" for i, s in mine] + [""]
+                      f"   {md_cell(s.evidence if quotes else without_quotes(s.evidence))}" for i, s in mine] + [""]
     return "\n".join(lines)

@@ -8,6 +8,7 @@ never look like the same message.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import unicodedata
 from collections import Counter
@@ -197,15 +198,8 @@ def label_of(rating: float) -> str:
 
 # --- the step ------------------------------------------------------------------------------------------------
 
-def clean_feedback(df: pd.DataFrame, redact: bool = True) -> CleaningResult:
-    """Normalise, validate, drop superseded re-ratings, redact PII and label the feedback in ``df``.
-
-    ``redact=False`` only for an admin's raw export: every stored and trained-on frame is redacted.
-
-    ``cleaned`` keeps the input columns (text normalised and redacted, ``rating`` as float) and adds
-    ``duplicate_count`` (rows, across users, sharing this query and response), ``label`` and ``pii_redacted``.
-    ``stats["pii_redactions"]`` counts what was redacted in the cleaned rows, by kind.
-    """
+def screen(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:
+    """Normalised copy of ``df`` (unique labels 0..n-1) and each row's rejection reasons ('' for a usable row)."""
     missing = [name for name in REQUIRED_COLUMNS if name not in df]
     if missing:
         raise ValueError(f"feedback frame lacks required columns: {', '.join(missing)}")
@@ -214,24 +208,77 @@ def clean_feedback(df: pd.DataFrame, redact: bool = True) -> CleaningResult:
                         index=work.index, dtype=object)
     stored = stored_value_reasons(work)
     reasons = (reasons + "; " + stored).str.strip("; ").where(stored != "", reasons)
-    valid = work[reasons == ""]
-    rejected = work[reasons != ""].assign(reject_reason=reasons[reasons != ""])
+    return work, reasons
 
-    kept = drop_rerated(valid).copy()
+
+def rejected_fields(reasons) -> Counter:
+    """Rejected rows per field named in their reasons ('rating: missing; query: empty' counts rating and query)."""
+    return Counter(part.split(":")[0] for reason in reasons for part in reason.split("; "))
+
+
+def finish(kept: pd.DataFrame, redact: bool = True) -> tuple[pd.DataFrame, Counter]:
+    """Rating as float, redaction (by field policy), ``label`` and ``pii_redacted`` on the kept rows (changed in
+    place: pass a copy); the redactions by kind."""
     kept["rating"] = kept["rating"].astype(float)
-    kept["duplicate_count"] = kept.groupby(["query", "response"], sort=False)["id"].transform("size").astype("int64")
     if redact:
         kept, per_row, by_kind = _redact_frame(kept)
     else:
         per_row, by_kind = pd.Series(0, index=kept.index, dtype="int64"), Counter()
     kept["label"] = kept["rating"].map(label_of).astype(object)
     kept["pii_redacted"] = per_row
-    rejected = _redact_frame(rejected.copy())[0] if redact else rejected  # rejected rows are stored and shown too: no PII there either
+    return kept, by_kind
+
+
+def clean_feedback(df: pd.DataFrame, redact: bool = True) -> CleaningResult:
+    """Normalise, validate, drop superseded re-ratings, redact PII and label the feedback in ``df``.
+
+    ``redact=False`` only for an admin's raw export: every stored and trained-on frame is redacted.
+
+    ``cleaned`` keeps the input columns (text normalised and redacted, ``rating`` as float) and adds
+    ``duplicate_count`` (rows, across users, sharing this query and response), ``label`` and ``pii_redacted``.
+    ``stats["pii_redactions"]`` counts what was redacted in the cleaned rows, by kind.
+
+    The pipeline cleans the store in bounded chunks instead (:mod:`feedback_pipeline.cleaning.windowed`), with the
+    same steps (``screen``, :func:`dedup_keys` resolved in SQL, ``finish``) and the same result.
+    """
+    work, reasons = screen(df)
+    valid = work[reasons == ""]
+    rejected = work[reasons != ""].assign(reject_reason=reasons[reasons != ""])
+
+    kept = drop_rerated(valid).copy()
+    kept["duplicate_count"] = kept.groupby(["query", "response"], sort=False)["id"].transform("size").astype("int64")
+    kept, by_kind = finish(kept, redact)
+    rejected = _redact_frame(rejected.copy())[0] if redact else rejected  # rejected rows are shown too: no PII there either
 
     stats = {
         "rows_in": len(df), "rows_rejected": len(rejected), "duplicates_removed": len(valid) - len(kept),
         "rows_out": len(kept), "pii_redactions": dict(sorted(by_kind.items())),
-        "rejected_by_field": dict(sorted(Counter(
-            part.split(":")[0] for reason in rejected["reject_reason"] for part in reason.split("; ")).items())),
+        "rejected_by_field": dict(sorted(rejected_fields(rejected["reject_reason"]).items())),
     }
     return CleaningResult(kept.reset_index(drop=True), rejected.reset_index(drop=True), stats)
+
+
+# --- the same steps on one chunk of a window (cleaning/windowed.py) -----------------------------------------
+
+def _key(*parts: str) -> str:
+    # NUL never survives normalisation (a control character), so it separates the parts unambiguously.
+    return hashlib.sha256("\x00".join(parts).encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def _ns(values: pd.Series) -> list[int | None]:
+    stamps = pd.to_datetime(values, utc=True, errors="coerce")
+    return [None if pd.isna(t) else int(t.value) for t in stamps]
+
+
+def dedup_keys(valid: pd.DataFrame) -> pd.DataFrame:
+    """What :func:`drop_rerated` and ``duplicate_count`` need of each valid (screened) row, without its text:
+    ``dedup_key`` (rater, query, response), ``qr_key`` (query, response) and the order of a rater's ratings
+    (``u``, ``i``, ``c``: updated_at, ingested_at, created_at in ns; None sorts first, as NaT does)."""
+    raters = _rater(valid)
+    return pd.DataFrame({
+        "id": valid["id"].astype(str).to_numpy(),
+        "dedup_key": [_key(r, q, a) for r, q, a in zip(raters, valid["query"], valid["response"])],
+        "qr_key": [_key(q, a) for q, a in zip(valid["query"], valid["response"])],
+        **{short: _ns(valid[name]) if name in valid else [None] * len(valid)
+           for short, name in (("u", "updated_at"), ("i", "ingested_at"), ("c", "created_at"))},
+    })

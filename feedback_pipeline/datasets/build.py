@@ -36,11 +36,15 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Callable
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import pandas as pd
 
 from feedback_pipeline.datasets.splits import assign_split, users_on_both_sides
@@ -125,7 +129,10 @@ def answer_key(row) -> str:
 
 
 def _votes(row) -> tuple[int, int, int]:
-    """(up, down, neutral) votes one row carries: its metadata's votes when it has them, else its one rating."""
+    """(up, down, neutral) votes one row carries: its metadata's votes when it has them, else its one rating
+    (``v_up`` / ``v_down`` / ``v_neutral`` when already counted, as the streaming builder does)."""
+    if hasattr(row, "v_up"):
+        return int(row.v_up), int(row.v_down), int(row.v_neutral)
     metadata = getattr(row, "metadata", None)
     if isinstance(metadata, dict):
         up, down = int(metadata.get("votes_up") or 0), int(metadata.get("votes_down") or 0)
@@ -168,7 +175,10 @@ def aggregate_answers(rows: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]
     if rows.empty:
         return rows.assign(feedback_ids=pd.Series(dtype=object), raters=pd.Series(dtype="int64")), stats
     order = [c for c in ("updated_at", "ingested_at", "created_at") if c in rows] + ["id"]
-    keyed = rows.assign(_answer=[answer_key(r) for r in rows.itertuples(index=False)], _rater=_rater_keys(rows))
+    # The streaming builder passes the keys already computed (``_answer`` then holds a digest of the key).
+    keyed = rows.assign(_answer=rows["_answer"] if "_answer" in rows else
+                        [answer_key(r) for r in rows.itertuples(index=False)],
+                        _rater=rows["_rater"] if "_rater" in rows else _rater_keys(rows))
     keyed = keyed.sort_values(order, na_position="first", kind="stable")
     counted = ~keyed.duplicated(["_answer", "_rater"], keep="last")  # one vote per rater: the latest
     stats["repeat_votes_dropped"] = int((~counted).sum())
@@ -265,17 +275,102 @@ def kto_records(rows: pd.DataFrame, tie_policy: TiePolicy = "drop") -> list[dict
 
 def cap_size(lines: list[str], records: list[dict], max_bytes: int) -> tuple[list[str], list[dict]]:
     """At most ``max_bytes`` of JSONL: the highest-weight records (ties: file order) kept, in file order."""
-    sizes = [len(line.encode("utf-8")) + 1 for line in lines]
+    kept = _kept_within([len(line.encode("utf-8")) + 1 for line in lines],
+                        [float(r.get("weight", 1.0)) for r in records], max_bytes)
+    return [lines[i] for i in kept], [records[i] for i in kept]
+
+
+def _kept_within(sizes: list[int], weights: list[float], max_bytes: int) -> list[int]:
     if sum(sizes) <= max_bytes:
-        return lines, records
-    order = sorted(range(len(lines)), key=lambda i: (-float(records[i].get("weight", 1.0)), i))
+        return list(range(len(sizes)))
+    order = sorted(range(len(sizes)), key=lambda i: (-weights[i], i))
     kept, total = [], 0
     for i in order:
         if total + sizes[i] <= max_bytes:
             kept.append(i)
             total += sizes[i]
-    kept.sort()
-    return [lines[i] for i in kept], [records[i] for i in kept]
+    return sorted(kept)
+
+
+class DatasetWriter:
+    """Writes a dataset record by record, so a build streams: each record becomes one JSON line in a temporary
+    file per split, and only its size, weight, label and feedback ids stay in memory. ``finish`` applies the size
+    cap, fingerprints the kept lines and moves the files to ``<root>/<name>/<fingerprint[:16]>/`` (the same bytes
+    and fingerprint as writing the lists at once)."""
+
+    def __init__(self, root: Path, name: str, splits: tuple[str, ...] = ("train", "eval")):
+        self.root, self.name = Path(root), name
+        self.work = Path(tempfile.mkdtemp(prefix=".building-", dir=self._ensure(self.root / name)))
+        self.files = {split: open(self.work / f"{split}.part", "w", encoding="utf-8") for split in splits}
+        self.meta: dict[str, list[tuple[int, float, str, list[str]]]] = {split: [] for split in splits}
+
+    @staticmethod
+    def _ensure(path: Path) -> Path:
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def add(self, split: str, record: dict, label: str) -> None:
+        line = json.dumps(record, ensure_ascii=False, sort_keys=True)
+        self.files[split].write(line + "\n")
+        self.meta[split].append((len(line.encode("utf-8")) + 1, float(record.get("weight", 1.0)), label,
+                                 list(record.get("feedback_ids") or [record["feedback_id"]])))
+
+    def abort(self) -> None:
+        for handle in self.files.values():
+            handle.close()
+        shutil.rmtree(self.work, ignore_errors=True)
+
+    def finish(self, params: dict, data_watermark: str | None, min_train_examples: int, max_file_mb: float = 50.0,
+               stats: dict | None = None) -> BuiltDataset:
+        try:
+            return self._finish(params, data_watermark, min_train_examples, max_file_mb, stats)
+        finally:
+            self.abort()
+
+    def _finish(self, params, data_watermark, min_train_examples, max_file_mb, stats) -> BuiltDataset:
+        if not max_file_mb > 0:
+            raise ValueError(f"{self.name}: max_file_mb must be positive, got {max_file_mb}")
+        for handle in self.files.values():
+            handle.close()
+        kept = {split: _kept_within([m[0] for m in meta], [m[1] for m in meta], int(max_file_mb * 1024 * 1024))
+                for split, meta in self.meta.items()}
+        n_train = len(kept.get("train", []))
+        if n_train < min_train_examples:
+            raise InsufficientDataError(
+                f"{self.name}: {n_train} training examples, fewer than the minimum {min_train_examples}; collect "
+                "more rated feedback or lower min_train_examples")
+        if not kept.get("eval"):
+            raise InsufficientDataError(f"{self.name}: the evaluation split is empty; more conversations are needed")
+        digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode())
+        for split in sorted(self.meta):
+            digest.update(f"\n#{split}\n".encode())
+            wanted, out = set(kept[split]), open(self.work / f"{split}.jsonl", "w", encoding="utf-8")
+            with open(self.work / f"{split}.part", encoding="utf-8") as lines, out:
+                first = True
+                for i, line in enumerate(lines):
+                    if i in wanted:
+                        digest.update((("" if first else "\n") + line[:-1]).encode())
+                        out.write(line)
+                        first = False
+                if first:
+                    out.write("\n")  # an empty split is one empty line, as "\n".join([]) + "\n"
+        fingerprint = digest.hexdigest()
+        directory = self.root / self.name / fingerprint[:16]
+        directory.mkdir(parents=True, exist_ok=True)
+        for split in self.meta:
+            os.replace(self.work / f"{split}.jsonl", directory / f"{split}.jsonl")
+        chosen = {split: [self.meta[split][i] for i in kept[split]] for split in self.meta}
+        built = BuiltDataset(
+            name=self.name, directory=directory, fingerprint=fingerprint,
+            counts={split: len(meta) for split, meta in chosen.items()},
+            label_balance={split: pd.Series([m[2] for m in meta], dtype=object).value_counts().to_dict()
+                           for split, meta in chosen.items()},
+            feedback_ids={split: [i for m in meta for i in m[3]] for split, meta in chosen.items()},
+            data_watermark=data_watermark, params=params,
+            stats={**(stats or {}), "dropped_for_size": {s: len(self.meta[s]) - len(kept[s]) for s in self.meta},
+                   "bytes": {split: (directory / f"{split}.jsonl").stat().st_size for split in self.meta}})
+        (directory / "manifest.json").write_text(json.dumps(built.manifest(), indent=1, default=str), encoding="utf-8")
+        return built
 
 
 def write_dataset(name: str, root: Path, by_split: dict[str, list[dict]], label_of: Callable[[dict], str],
@@ -285,38 +380,11 @@ def write_dataset(name: str, root: Path, by_split: dict[str, list[dict]], label_
     so rebuilding from the same feedback reuses the same folder. Each file holds at most ``max_file_mb``."""
     if not max_file_mb > 0:
         raise ValueError(f"{name}: max_file_mb must be positive, got {max_file_mb}")
-    lines, dropped = {}, {}
+    writer = DatasetWriter(root, name, tuple(by_split))
     for split, records in by_split.items():
-        raw = [json.dumps(r, ensure_ascii=False, sort_keys=True) for r in records]
-        lines[split], by_split[split] = cap_size(raw, records, int(max_file_mb * 1024 * 1024))
-        dropped[split] = len(raw) - len(lines[split])
-    if len(by_split.get("train", [])) < min_train_examples:
-        raise InsufficientDataError(
-            f"{name}: {len(by_split.get('train', []))} training examples, fewer than the minimum "
-            f"{min_train_examples}; collect more rated feedback or lower min_train_examples")
-    if not by_split.get("eval"):
-        raise InsufficientDataError(f"{name}: the evaluation split is empty; more conversations are needed")
-    digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode())
-    for split in sorted(lines):
-        digest.update(f"\n#{split}\n".encode())
-        digest.update("\n".join(lines[split]).encode())
-    fingerprint = digest.hexdigest()
-    directory = root / name / fingerprint[:16]
-    directory.mkdir(parents=True, exist_ok=True)
-    for split, split_lines in lines.items():
-        (directory / f"{split}.jsonl").write_text("\n".join(split_lines) + "\n", encoding="utf-8")
-    built = BuiltDataset(
-        name=name, directory=directory, fingerprint=fingerprint,
-        counts={split: len(records) for split, records in by_split.items()},
-        label_balance={split: pd.Series([label_of(r) for r in records]).value_counts().to_dict()
-                       for split, records in by_split.items()},
-        feedback_ids={split: [i for r in records for i in r.get("feedback_ids") or [r["feedback_id"]]]
-                      for split, records in by_split.items()},
-        data_watermark=data_watermark, params=params,
-        stats={**(stats or {}), "dropped_for_size": dropped,
-               "bytes": {split: (directory / f"{split}.jsonl").stat().st_size for split in lines}})
-    (directory / "manifest.json").write_text(json.dumps(built.manifest(), indent=1, default=str), encoding="utf-8")
-    return built
+        for record in records:
+            writer.add(split, record, label_of(record))
+    return writer.finish(params, data_watermark, min_train_examples, max_file_mb, stats)
 
 
 def _split_stats(rows: pd.DataFrame) -> dict:
@@ -342,38 +410,168 @@ def sft_records_by_split(cleaned: pd.DataFrame, policy: SFTPolicy) -> tuple[pd.D
                   for split in ("train", "eval")}
 
 
-def build_sft_dataset(cleaned: pd.DataFrame, root: Path, policy: SFTPolicy = SFTPolicy(),
-                      name: str = "sft") -> BuiltDataset:
-    rows, answers, aggregation = rated_answers(cleaned, policy.eval_fraction, policy.split_by_user)
-    newest = _newest(rows)
-    by_split = {split: sft_records(answers[answers["split"] == split], policy, newest) if len(answers) else []
-                for split in ("train", "eval")}
-    weights = pd.Series([r["weight"] for r in by_split["train"]], dtype=float)
-    stats = {**_split_stats(rows), "aggregation": aggregation,
+# --- streaming builds: two passes over chunks of cleaned rows, text never held for more than one chunk ----------
+
+Chunks = Callable[[], Iterable[pd.DataFrame]]
+# What the first pass needs of each row (the text only to compute its answer key, then dropped).
+SCAN_COLUMNS = ("id", "session_id", "user_id", "query", "history", "response", "label", "rating", "metadata",
+                "created_at", "updated_at", "ingested_at", "duplicate_count", "exclude_from_training")
+_KEEP = ("id", "session_id", "user_id", "query", "label", "rating", "created_at", "updated_at", "ingested_at",
+         "duplicate_count")
+_LABELLED = ("liked", "disliked", "neutral")
+
+
+@dataclass
+class _Answers:
+    rows: pd.DataFrame  # rated (liked / disliked) usable rows with their split, no text: split stats, newest
+    answers: pd.DataFrame  # one row per answer (aggregate_answers), in stream order of its first row
+    aggregation: dict
+    watermark: str | None
+
+
+def _digest(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _scan(chunks: Chunks, eval_fraction: float, by_user: bool) -> _Answers:
+    """Pass 1: per usable row only what the split and the merge into answers need (ids, users, sessions, the
+    query for the split, a digest of the answer key, the rater, the votes, times), then the split and the answers
+    as :func:`rated_answers` computes them. Memory: a few short fields per row, no answer text."""
+    parts, newest, position = [], None, 0
+    for chunk in chunks():
+        if "ingested_at" in chunk and chunk["ingested_at"].notna().any():
+            top = pd.Timestamp(chunk["ingested_at"].max())
+            newest = top if newest is None else max(newest, top)
+        usable = usable_rows(chunk)
+        meta = usable[[c for c in _KEEP if c in usable]].copy()
+        meta["stream_pos"] = np.arange(position, position + len(usable))
+        position += len(usable)
+        labelled = usable["label"].isin(_LABELLED).to_numpy() if "label" in usable else np.zeros(len(usable), bool)
+        meta["_answer"] = [_digest(answer_key(r)) if ok else None
+                           for r, ok in zip(usable.itertuples(index=False), labelled)]
+        meta["_rater"] = _rater_keys(usable) if len(usable) else pd.Series(dtype=object)
+        votes = [_votes(r) for r in usable.itertuples(index=False)]
+        for i, name in enumerate(("v_up", "v_down", "v_neutral")):
+            meta[name] = [v[i] for v in votes]
+        parts.append(meta)
+    rows = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=[*_KEEP, "stream_pos"])
+    rows = rows.assign(split=assign_split(rows, eval_fraction, by_user=by_user) if len(rows)
+                       else pd.Series(dtype=str)).drop(columns=["query"])
+    rated = rows[rows["label"].isin(_LABELLED)] if "label" in rows else rows.iloc[:0]
+    answers, aggregation = aggregate_answers(rated)
+    if len(answers):
+        answers = answers.sort_values("stream_pos", kind="stable", ignore_index=True)
+    trained = rated[rated["label"].isin(["liked", "disliked"])]
+    return _Answers(trained, answers, aggregation, newest.isoformat() if newest is not None else None)
+
+
+def _emit(chunks: Chunks, wanted: dict[str, object], write: Callable[[object, object], None]) -> None:
+    """Pass 2: stream the rows again and hand each answer's first row (its text) with the answer to ``write``,
+    in stream order."""
+    for chunk in chunks():
+        hits = chunk[chunk["id"].astype(str).isin(wanted.keys())]
+        for row in hits.itertuples(index=False):
+            write(row, wanted[str(row.id)])
+
+
+def _stream_sft(chunks: Chunks, root: Path, policy: SFTPolicy, name: str) -> BuiltDataset:
+    scanned = _scan(chunks, policy.eval_fraction, policy.split_by_user)
+    newest = _newest(scanned.rows)
+    teach = ("liked", "disliked") if policy.include_disliked else ("liked",)
+    answers = scanned.answers
+    wanted = {str(a.id): a for a in answers.itertuples(index=False) if a.label in teach} if len(answers) else {}
+    writer, train_weights = DatasetWriter(root, name), []
+
+    def write(row, answer) -> None:
+        record = {"messages": [*prompt_messages(row), {"role": "assistant", "content": row.response}],
+                  "weight": example_weight(answer, policy, newest), "feedback_id": answer.id,
+                  "label": answer.label, "feedback_ids": _ids(answer)}
+        if answer.split == "train":
+            train_weights.append(record["weight"])
+        writer.add(answer.split, record, record["label"])
+
+    try:
+        _emit(chunks, wanted, write)
+    except BaseException:
+        writer.abort()
+        raise
+    weights = pd.Series(train_weights, dtype=float)
+    stats = {**_split_stats(scanned.rows), "aggregation": scanned.aggregation,
              "train_weight": {"min": weights.min(), "mean": weights.mean(), "max": weights.max()}
              if len(weights) else {}}
-    return write_dataset(name, root, by_split, lambda r: r["label"], asdict(policy), _watermark(cleaned),
-                         policy.min_train_examples, policy.max_file_mb, stats)
+    return writer.finish(asdict(policy), scanned.watermark, policy.min_train_examples, policy.max_file_mb, stats)
+
+
+def _stream_kto(chunks: Chunks, root: Path, eval_fraction: float, min_train_examples: int, split_by_user: bool,
+                max_file_mb: float, name: str, tie_policy: TiePolicy) -> BuiltDataset:
+    if tie_policy not in ("drop", "neutral"):
+        raise ValueError(f"tie_policy must be 'drop' or 'neutral', got {tie_policy!r}")
+    scanned = _scan(chunks, eval_fraction, split_by_user)
+    keep = ("liked", "disliked", "tie") if tie_policy == "neutral" else ("liked", "disliked")
+    answers = scanned.answers
+    wanted = {str(a.id): a for a in answers.itertuples(index=False) if a.label in keep} if len(answers) else {}
+    splits = ("train", "eval", "neutral") if tie_policy == "neutral" else ("train", "eval")
+    writer, ties = DatasetWriter(root, name, splits), 0
+
+    def write(row, answer) -> None:
+        nonlocal ties
+        record = {"prompt": prompt_messages(row), "completion": [{"role": "assistant", "content": row.response}],
+                  "label": None if answer.label == "tie" else answer.label == "liked", "feedback_id": answer.id,
+                  "feedback_ids": _ids(answer)}
+        if record["label"] is None:
+            ties += 1
+            writer.add("neutral", {**record, "split": answer.split}, "neutral")
+        else:
+            writer.add(answer.split, record, "liked" if record["label"] else "disliked")
+
+    try:
+        _emit(chunks, wanted, write)
+    except BaseException:
+        writer.abort()
+        raise
+    aggregation = scanned.aggregation
+    stats = {**_split_stats(scanned.rows), "aggregation": {**aggregation, "ties_dropped": 0 if tie_policy == "neutral"
+                                                           else aggregation["ties"], "ties_neutral": ties}}
+    params = {"eval_fraction": eval_fraction, "split_by_user": split_by_user, "max_file_mb": max_file_mb,
+              "tie_policy": tie_policy}
+    return writer.finish(params, scanned.watermark, min_train_examples, max_file_mb, stats)
+
+
+def _frame_chunks(cleaned: pd.DataFrame) -> Chunks:
+    """A frame as the one chunk of a stream, in the store's (created_at, id) order."""
+    order = [c for c in ("created_at", "id") if c in cleaned]
+    ordered = cleaned.sort_values(order, kind="stable") if order and len(cleaned) else cleaned
+    return lambda: [ordered]
+
+
+def build_sft_dataset(cleaned: pd.DataFrame, root: Path, policy: SFTPolicy = SFTPolicy(),
+                      name: str = "sft") -> BuiltDataset:
+    """One record per liked answer (see the module docstring), from a frame of cleaned rows; the pipeline streams
+    the same build from the store (:func:`build_sft_dataset_from_chunks`)."""
+    return _stream_sft(_frame_chunks(cleaned), root, policy, name)
 
 
 def build_kto_dataset(cleaned: pd.DataFrame, root: Path, eval_fraction: float = 0.15,
                       min_train_examples: int = 20, split_by_user: bool = True, max_file_mb: float = 50.0,
                       name: str = "kto", tie_policy: TiePolicy = "drop") -> BuiltDataset:
     """One labelled record per answer; ties per ``tie_policy`` ('drop', or 'neutral': kept in ``neutral.jsonl``)."""
-    rows, answers, aggregation = rated_answers(cleaned, eval_fraction, split_by_user)
-    records = {split: kto_records(answers[answers["split"] == split], tie_policy) if len(answers) else []
-               for split in ("train", "eval")}
-    by_split = {split: [r for r in recs if r["label"] is not None] for split, recs in records.items()}
-    neutral = [{**r, "split": split} for split, recs in records.items() for r in recs if r["label"] is None]
-    if tie_policy == "neutral":
-        by_split["neutral"] = neutral
-    stats = {**_split_stats(rows), "aggregation": {**aggregation, "ties_dropped": 0 if tie_policy == "neutral"
-                                                   else aggregation["ties"], "ties_neutral": len(neutral)}}
-    params = {"eval_fraction": eval_fraction, "split_by_user": split_by_user, "max_file_mb": max_file_mb,
-              "tie_policy": tie_policy}
-    return write_dataset(name, root, by_split, lambda r: "neutral" if r["label"] is None else
-                         "liked" if r["label"] else "disliked",
-                         params, _watermark(cleaned), min_train_examples, max_file_mb, stats)
+    return _stream_kto(_frame_chunks(cleaned), root, eval_fraction, min_train_examples, split_by_user, max_file_mb,
+                       name, tie_policy)
+
+
+def build_sft_dataset_from_chunks(chunks: Chunks, root: Path, policy: SFTPolicy = SFTPolicy(),
+                                  name: str = "sft") -> BuiltDataset:
+    """:func:`build_sft_dataset` over a stream: ``chunks()`` yields frames of cleaned rows (``SCAN_COLUMNS``) in
+    (created_at, id) order and is called twice (the answers, then their text); memory holds one chunk and a few
+    short fields per row."""
+    return _stream_sft(chunks, root, policy, name)
+
+
+def build_kto_dataset_from_chunks(chunks: Chunks, root: Path, eval_fraction: float = 0.15,
+                                  min_train_examples: int = 20, split_by_user: bool = True,
+                                  max_file_mb: float = 50.0, name: str = "kto",
+                                  tie_policy: TiePolicy = "drop") -> BuiltDataset:
+    return _stream_kto(chunks, root, eval_fraction, min_train_examples, split_by_user, max_file_mb, name, tie_policy)
 
 
 def read_jsonl(path: Path) -> list[dict]:

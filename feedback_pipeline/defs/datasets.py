@@ -1,17 +1,23 @@
-"""sft_dataset and kto_dataset (all time, rolling) and their weekly partitions: fingerprinted JSONL training sets."""
+"""sft_dataset and kto_dataset (all time, rolling) and their weekly partitions: fingerprinted JSONL training sets.
+
+Each build streams its window of the cleaned_feedback table in chunks (``store.cleaned.cleaned_chunks``) to JSONL:
+one pass for the split and the answers (no text kept), one for the answers' text, written line by line.
+"""
 
 from datetime import date
 
 import dagster as dg
-import pandas as pd
 from pydantic import Field
 
-from feedback_pipeline.datasets.build import (BuiltDataset, SFTPolicy, TiePolicy, build_kto_dataset, build_sft_dataset,
-                                              read_jsonl)
+from feedback_pipeline.datasets.build import (SCAN_COLUMNS, BuiltDataset, SFTPolicy, TiePolicy,
+                                              build_kto_dataset_from_chunks, build_sft_dataset_from_chunks, read_jsonl)
 from feedback_pipeline.datasets.splits import leaked_prompts
 from feedback_pipeline.defs.cleaning import daily_cleaned_feedback
 from feedback_pipeline.defs.resources import FeedbackStoreResource, WorkspaceResource
-from feedback_pipeline.store.cleaned import read_cleaned
+from feedback_pipeline.store.cleaned import cleaned_chunks
+from feedback_pipeline.store.refs import TableRef
+
+CHUNK_SIZE = 5000
 
 # Weeks start on Monday 00:00 UTC; each partition reads the days daily_cleaned_feedback wrote for that week.
 WEEKLY = dg.WeeklyPartitionsDefinition(start_date="2023-01-02", day_offset=1, timezone="UTC")
@@ -57,35 +63,42 @@ def describe_dataset(context: dg.AssetExecutionContext, built: BuiltDataset) -> 
             "train_file": str(built.file("train")), "eval_file": str(built.file("eval"))}
 
 
+def _chunks(store: FeedbackStoreResource, start: date | None, end: date | None):
+    return lambda: cleaned_chunks(store.store(), start, end, SCAN_COLUMNS, CHUNK_SIZE)
+
+
 @dg.asset(group_name="datasets", kinds={"json"},
-          description="All-time rolling OpenAI chat JSONL of liked responses with per-example weights (train/eval).")
-def sft_dataset(context: dg.AssetExecutionContext, config: SFTDatasetConfig, cleaned_feedback: pd.DataFrame,
-                workspace: WorkspaceResource) -> dict:
+          description="All-time rolling OpenAI chat JSONL of liked responses with per-example weights (train/eval), "
+                      "streamed from the cleaned_feedback table.")
+def sft_dataset(context: dg.AssetExecutionContext, config: SFTDatasetConfig, cleaned_feedback: TableRef,
+                feedback_store: FeedbackStoreResource, workspace: WorkspaceResource) -> dict:
     policy = SFTPolicy(**config.model_dump())
-    return describe_dataset(context, build_sft_dataset(cleaned_feedback, workspace.path("datasets"), policy))
+    chunks = _chunks(feedback_store, cleaned_feedback.window_start, cleaned_feedback.window_end)
+    return describe_dataset(context, build_sft_dataset_from_chunks(chunks, workspace.path("datasets"), policy))
 
 
 @dg.asset(group_name="datasets", kinds={"json"},
-          description="All-time rolling prompt / completion / label records of every rated response (train/eval).")
-def kto_dataset(context: dg.AssetExecutionContext, config: KTODatasetConfig, cleaned_feedback: pd.DataFrame,
-                workspace: WorkspaceResource) -> dict:
-    return describe_dataset(context, build_kto_dataset(cleaned_feedback, workspace.path("datasets"),
-                                                       **config.model_dump()))
+          description="All-time rolling prompt / completion / label records of every rated response (train/eval), "
+                      "streamed from the cleaned_feedback table.")
+def kto_dataset(context: dg.AssetExecutionContext, config: KTODatasetConfig, cleaned_feedback: TableRef,
+                feedback_store: FeedbackStoreResource, workspace: WorkspaceResource) -> dict:
+    chunks = _chunks(feedback_store, cleaned_feedback.window_start, cleaned_feedback.window_end)
+    return describe_dataset(context, build_kto_dataset_from_chunks(chunks, workspace.path("datasets"),
+                                                                   **config.model_dump()))
 
 
-def _week(context: dg.AssetExecutionContext, store: FeedbackStoreResource) -> tuple[date, pd.DataFrame]:
+def _week(context: dg.AssetExecutionContext) -> tuple[date, date]:
     window = context.partition_time_window
-    start, end = window.start.date(), window.end.date()
-    return start, read_cleaned(store.store(), start, end)
+    return window.start.date(), window.end.date()
 
 
 @dg.asset(group_name="datasets", kinds={"json"}, partitions_def=WEEKLY, deps=[daily_cleaned_feedback],
           description="One week's SFT set (the week's feedback from the cleaned_feedback table), same policy.")
 def weekly_sft_dataset(context: dg.AssetExecutionContext, config: SFTDatasetConfig,
                        feedback_store: FeedbackStoreResource, workspace: WorkspaceResource) -> dict:
-    start, rows = _week(context, feedback_store)
-    built = build_sft_dataset(rows, workspace.path("datasets"), SFTPolicy(**config.model_dump()),
-                              name=f"sft_weekly/{start}")
+    start, end = _week(context)
+    built = build_sft_dataset_from_chunks(_chunks(feedback_store, start, end), workspace.path("datasets"),
+                                          SFTPolicy(**config.model_dump()), name=f"sft_weekly/{start}")
     return describe_dataset(context, built)
 
 
@@ -93,8 +106,9 @@ def weekly_sft_dataset(context: dg.AssetExecutionContext, config: SFTDatasetConf
           description="One week's KTO set (the week's feedback from the cleaned_feedback table).")
 def weekly_kto_dataset(context: dg.AssetExecutionContext, config: KTODatasetConfig,
                        feedback_store: FeedbackStoreResource, workspace: WorkspaceResource) -> dict:
-    start, rows = _week(context, feedback_store)
-    built = build_kto_dataset(rows, workspace.path("datasets"), **config.model_dump(), name=f"kto_weekly/{start}")
+    start, end = _week(context)
+    built = build_kto_dataset_from_chunks(_chunks(feedback_store, start, end), workspace.path("datasets"),
+                                          **config.model_dump(), name=f"kto_weekly/{start}")
     return describe_dataset(context, built)
 
 

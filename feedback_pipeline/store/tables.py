@@ -9,6 +9,7 @@ arrow pointing back up.
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime, timezone
 
 import pandas as pd
@@ -53,9 +54,23 @@ CLEANED = sa.Table(
     *(sa.Column(c.name, c.type) for c in FEEDBACK.columns if c.name not in NOT_CLEANED),
     sa.Column("label", sa.Text), sa.Column("pii_redacted", sa.Integer), sa.Column("duplicate_count", sa.Integer),
     sa.Column("spam_reason", sa.Text), sa.Column("exclude_from_training", sa.Boolean), sa.Column("cleaned_at", TS),
+    sa.Column("sample_key", sa.Text),  # sql/009: sha256(id)[:16], the order of stable analysis samples
 )
 CLEANED_COLUMNS = [c.name for c in CLEANED.columns]
 CLEANED_TIME_COLUMNS = ("created_at", "updated_at", "ingested_at", "cleaned_at")
+
+# sql/009: why cleaning rejected a row, keyed by the feedback id (ids and reasons only, never the text).
+REJECTED = sa.Table(
+    "rejected_feedback", sa.MetaData(),
+    sa.Column("id", UUID, primary_key=True), sa.Column("partition_date", sa.Text),
+    sa.Column("reject_reason", sa.Text), sa.Column("rejected_at", TS),
+)
+
+# sql/009: which artifact (a report file, a run's suggestions) quotes which feedback row's text.
+QUOTES = sa.Table(
+    "feedback_quotes", sa.MetaData(),
+    sa.Column("artifact", sa.Text, primary_key=True), sa.Column("feedback_id", sa.Text, primary_key=True),
+)
 
 SUGGESTIONS = sa.Table(
     "improvement_suggestions", sa.MetaData(),
@@ -67,6 +82,11 @@ SUGGESTIONS = sa.Table(
 
 
 # --- time ----------------------------------------------------------------------------------------------------
+
+def sample_key(feedback_id: str) -> str:
+    """The stable sample order of a row (sql/009): the first 16 hex digits of sha256 of its id."""
+    return hashlib.sha256(str(feedback_id).encode()).hexdigest()[:16]
+
 
 def utc(value):
     """A stored timestamp (aware, naive UTC or ISO text) as an aware UTC datetime; None (or NaN) stays None."""
