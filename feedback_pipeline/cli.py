@@ -122,7 +122,11 @@ def cmd_keys_revoke(settings, args) -> int:
 
 
 def cmd_erase_user(settings, args) -> int:
-    print(f"deleted {_store(settings).delete_user(args.user_id)} feedback rows of {args.user_id}")
+    """Every copy of the user's feedback: the store's tables and the files under the data directory that hold their
+    text (reports quoting them, datasets built from them); see ``store/erasure.py``."""
+    from feedback_pipeline.store.erasure import erase_user
+
+    print(erase_user(_store(settings), args.user_id, settings.data_dir).summary())
     return 0
 
 
@@ -362,7 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmd = ksub.add_parser("revoke", help="revoke one key by id")
     cmd.add_argument("key_id")
     cmd.set_defaults(func=cmd_keys_revoke)
-    era = sub.add_parser("erase-user", help="delete every feedback row of one user")
+    era = sub.add_parser("erase-user", help="delete every copy of one user's feedback (tables, reports, datasets)")
     era.add_argument("user_id")
     era.set_defaults(func=cmd_erase_user)
     sub.add_parser("summary", help="print the latest pipeline results").set_defaults(func=cmd_summary)

@@ -161,7 +161,8 @@ def test_erasure_endpoint(service):
     for user in ("gone", "gone", "kept"):
         service("POST", "/v1/feedback", feedback(user_id=user), key="writer")
     assert service("DELETE", "/v1/users/gone/feedback", key="writer")[0] == 403
-    assert service("DELETE", "/v1/users/gone/feedback", key="admin") == (200, {"user_id": "gone", "deleted": 2})
+    status, erased = service("DELETE", "/v1/users/gone/feedback", key="admin")
+    assert status == 200 and erased["user_id"] == "gone" and erased["deleted"] == 2
     assert service("DELETE", "/v1/users/gone/feedback", key="admin")[1]["deleted"] == 0
     assert service("DELETE", "/v1/users/%00/feedback", key="admin")[0] == 422
     assert service.store.read_frame()["user_id"].tolist() == ["kept"]

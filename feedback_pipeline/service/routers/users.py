@@ -1,5 +1,6 @@
-"""``DELETE /v1/users/{user_id}/feedback``: the right to erasure, the same transaction as ``feedback-pipeline
-erase-user`` (raw and cleaned rows together). Admin scope."""
+"""``DELETE /v1/users/{user_id}/feedback``: the right to erasure, the same as ``feedback-pipeline erase-user`` (the
+store's tables in one transaction, then the reports and datasets under the data directory holding the user's text;
+``store/erasure.py``). Admin scope."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from feedback_pipeline.ingestion.strict import check_value
 from feedback_pipeline.service.deps import StoreDep, require
 from feedback_pipeline.service.keys import ApiKey
 from feedback_pipeline.service.ratelimit import rate_limited
+from feedback_pipeline.settings import load_settings
+from feedback_pipeline.store.erasure import erase_user as erase_everywhere
 
 router = APIRouter(prefix="/v1/users", tags=["users"], dependencies=[Depends(rate_limited)])
 
@@ -20,5 +23,5 @@ router = APIRouter(prefix="/v1/users", tags=["users"], dependencies=[Depends(rat
 async def erase_user(user_id: Annotated[str, Path(min_length=1, max_length=512)], store: StoreDep,
                      key: Annotated[ApiKey, Depends(require("admin"))]) -> dict:
     check_value(user_id, "user_id")
-    deleted = await run_in_threadpool(store.delete_user, user_id)
-    return {"user_id": user_id, "deleted": deleted}
+    report = await run_in_threadpool(erase_everywhere, store, user_id, load_settings().data_dir)
+    return report.as_dict()
