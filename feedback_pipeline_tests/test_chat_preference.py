@@ -11,6 +11,7 @@ import math
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -394,6 +395,23 @@ def test_preference_accuracy_is_bounded_and_finite(dpo_run, base_model_dir):
         assert 0.0 <= m[key] <= 1.0
     # The implicit margin is the mean reward gap by definition.
     assert m["implicit_margin"] == pytest.approx(m["mean_reward_chosen"] - m["mean_reward_rejected"])
+
+
+def test_score_pairs_keeps_the_pairs_order(base_model_dir):
+    """score_pairs batches by length: the scores still come back in the order of the pairs given."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from feedback_pipeline.evaluation.preference_eval import score_pairs
+
+    pairs = _dpo_rows(QA[:5])
+    tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=torch.float32)
+    forward = score_pairs(model, tokenizer, pairs, max_length=96, batch_size=1)  # batch 1: no padding at all
+    backward = score_pairs(model, tokenizer, pairs[::-1], max_length=96, batch_size=3)
+    assert forward.chosen_tokens.tolist() == backward.chosen_tokens[::-1].tolist()
+    assert forward.chosen_sum == pytest.approx(backward.chosen_sum[::-1], abs=1e-3)
+    assert forward.rejected_sum == pytest.approx(backward.rejected_sum[::-1], abs=1e-3)
+    assert not np.allclose(forward.chosen_sum, forward.rejected_sum)
 
 
 def test_merge_and_export_matches_adapter(dpo_run, base_model_dir, tmp_path):

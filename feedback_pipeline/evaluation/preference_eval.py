@@ -155,7 +155,12 @@ def score_pairs(model: Any, tokenizer: Any, pairs: Sequence[dict[str, Any]], max
     for pair in pairs:
         for key in ("chosen", "rejected"):
             examples.append({"prompt": pair["prompt"], "response": _text(pair[key])})
-    scored = response_logprobs(model, tokenizer, examples, max_length, batch_size)
+    # Batches of similar length pad less (often 1.5-2x faster on a CPU); the scores go back to the pairs' order.
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i]["response"]))
+    in_order = response_logprobs(model, tokenizer, [examples[i] for i in order], max_length, batch_size)
+    scored: list[tuple[float, int]] = [(0.0, 0)] * len(examples)
+    for i, value in zip(order, in_order):
+        scored[i] = value
     sums = np.array([s for s, _ in scored])
     counts = np.array([c for _, c in scored], dtype=float)
     if not np.isfinite(sums).all():
