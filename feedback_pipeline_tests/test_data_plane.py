@@ -210,3 +210,17 @@ def test_rated_since_can_stop_counting(store):
     total, newest = store.rated_since(None)
     assert total > 10 and store.rated_since(None, at_most=10) == (10, newest)
     assert store.rated_since(newest, at_most=10) == (0, None)
+
+
+def test_memoised_redaction_equals_the_redactor():
+    from feedback_pipeline.cleaning import pii
+    from feedback_pipeline.cleaning.clean import REDACTED_COLUMNS, redact_with_counts
+
+    rows = list(itertools.islice(read_oasst1(OASST1), 150)) + [
+        {"query": "Mail jane.doe@example.com", "response": "Call +44 20 7946 0958", "history": [
+            {"role": "assistant", "content": "Write to support@example.com or jane.doe@example.com"}]}]
+    for _ in range(2):  # the second pass is served by the memo
+        for row in rows:
+            for name in REDACTED_COLUMNS:
+                if name in row:
+                    assert redact_with_counts(row[name], name) == pii.redact_with_counts(row[name], name)

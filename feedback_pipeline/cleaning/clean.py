@@ -8,6 +8,7 @@ never look like the same message.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import unicodedata
@@ -18,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from feedback_pipeline.cleaning.pii import redact_with_counts
+from feedback_pipeline.cleaning.pii import redact
 from feedback_pipeline.ingestion.records import EARLIEST, FUTURE_SLACK
 
 MULTILINE_COLUMNS = ("query", "response")  # code and lists live here: newlines and indentation are content
@@ -176,6 +177,37 @@ def drop_rerated(df: pd.DataFrame) -> pd.DataFrame:
 
 
 # --- redaction and labels ------------------------------------------------------------------------------------
+
+# PII detection costs milliseconds per text, and many texts come back: a RAG passage retrieved for many questions,
+# each earlier turn of a conversation in the history of every later turn. Redaction is a pure function of the text
+# and the field's policy, so a bounded memo gives the same result (about 100 MB at most per process).
+@functools.lru_cache(maxsize=32768)
+def _redact_text(text: str, field: str) -> tuple[str, tuple[tuple[str, int], ...]]:
+    result = redact(text, field)
+    return result.text, tuple(result.counts.items())
+
+
+def redact_with_counts(value: Any, field: str = "query") -> tuple[Any, Counter]:
+    """``pii.redact_with_counts`` (the same walk: strings nested in lists and dicts, an assistant message taking the
+    answer policy), each string through the memo."""
+    counts: Counter = Counter()
+
+    def walk(item: Any, where: str) -> Any:
+        if isinstance(item, str):
+            if not item:
+                return ""
+            text, found = _redact_text(item, where)
+            counts.update(dict(found))
+            return text
+        if isinstance(item, dict):
+            inner = "response" if item.get("role") == "assistant" else where
+            return {key: walk(val, inner) for key, val in item.items()}
+        if isinstance(item, (list, tuple)) or type(item).__name__ == "ndarray":  # parquet gives numpy arrays
+            return [walk(val, where) for val in item]
+        return item
+
+    return walk(value, field), counts
+
 
 def _redact_frame(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series, Counter]:
     per_row = pd.Series(0, index=df.index, dtype="int64")
