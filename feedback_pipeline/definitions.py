@@ -9,6 +9,7 @@ import feedback_pipeline.defs
 from feedback_pipeline.defs.ab_testing import build_ab_test_sensor
 from feedback_pipeline.defs.automation import build_retraining_sensor
 from feedback_pipeline.defs.resources import FeedbackStoreResource, JudgeResource, MlflowResource, WorkspaceResource
+from feedback_pipeline.deploy_config import deployment_executor
 from feedback_pipeline.settings import Settings, load_settings
 
 
@@ -35,6 +36,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         dg.Definitions(
             sensors=[build_retraining_sensor(settings.retrain_min_new_feedback), build_ab_test_sensor()],
             resources=build_resources(settings),
+            executor=deployment_executor(choice=settings.executor),
         ),
     )
 

@@ -13,7 +13,6 @@ Nothing here changes ``make run`` (embedded instance, default executor). Deploym
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 TRAINING_POOL = "training"
@@ -72,9 +71,13 @@ def deployment_executor(default=None, choice: str | None = None):
 
     ``k8s_job_executor`` (a pod per step, GPU pods for training) when ``choice`` is ``"k8s"``, else ``default``
     (``None``: Dagster's default; a job that runs in-process on one machine passes ``dg.in_process_executor``).
-    ``choice`` defaults to the ``FEEDBACK_EXECUTOR`` environment variable, read when the definitions are built.
+    ``choice`` defaults to ``Settings.executor`` (``FEEDBACK_EXECUTOR``), read when the definitions are built.
     """
-    choice = (os.environ.get(EXECUTOR_ENV, "") if choice is None else choice).strip().lower()
+    if choice is None:
+        from feedback_pipeline.settings import load_settings
+
+        choice = load_settings().executor
+    choice = choice.strip().lower()
     if choice in ("", "default"):
         return default
     if choice == "k8s":

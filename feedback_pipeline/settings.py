@@ -52,6 +52,9 @@ class Settings:
     # torch threads per service process: each model generates one request at a time, and two arms answer at once;
     # measured on the shared 2-core box under load, 1 thread gave 0.5 s for 4 tokens where 2 threads gave 4.9 s.
     serving_torch_threads: int
+    # "k8s": every job runs on the k8s step executor (a pod per step, GPU pods for training; deploy/k8s/values.yaml
+    # sets it); "" keeps each job's own executor (in-process on one machine).
+    executor: str
 
     @cached_property
     def models_dir(self) -> Path:
@@ -101,4 +104,5 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
             item.partition("=") for item in env.get("SERVING_TASK_ROUTES", "").split(",") if item.strip())),
         serving_max_tokens=int(env.get("SERVING_MAX_TOKENS", "256")),
         serving_torch_threads=int(env.get("SERVING_TORCH_THREADS", "1")),
+        executor=env.get("FEEDBACK_EXECUTOR", "").strip().lower(),
     )

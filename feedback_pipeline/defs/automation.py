@@ -7,6 +7,7 @@ from datetime import datetime
 import dagster as dg
 
 from feedback_pipeline.defs.resources import FeedbackStoreResource
+from feedback_pipeline.deploy_config import deployment_executor
 from feedback_pipeline.store.repository import FeedbackStore
 
 WEEKLY_DATASETS = ("weekly_sft_dataset", "weekly_kto_dataset")
@@ -44,19 +45,22 @@ def _selection(job: str) -> dg.AssetSelection:
     return dg.AssetSelection.assets(*JOB_ASSETS[job])
 
 
+# One machine: jobs run in-process; FEEDBACK_EXECUTOR=k8s (the cluster) puts each step in its own pod.
+_EXECUTOR = deployment_executor(dg.in_process_executor)
+
 # In-process: on a small machine a subprocess per step costs more (imports of torch, transformers ...)
 # than most steps themselves, and training steps must not compete for the same cores anyway.
 retraining_job = dg.define_asset_job(
-    "retraining_job", selection=_selection("retraining_job"), executor_def=dg.in_process_executor,
+    "retraining_job", selection=_selection("retraining_job"), executor_def=_EXECUTOR,
     description="Feedback -> cleaned -> reports -> datasets -> chat SFT, chat preference (KTO), embedder and reward "
                 "model -> each compared with its champion -> promotion decisions.")
 
 preference_training_job = dg.define_asset_job(
-    "preference_training_job", selection=_selection("preference_training_job"), executor_def=dg.in_process_executor,
+    "preference_training_job", selection=_selection("preference_training_job"), executor_def=_EXECUTOR,
     description="KTO or DPO LoRA adapter from the newest feedback, compared with the champion, decided.")
 
 embedding_training_job = dg.define_asset_job(
-    "embedding_training_job", selection=_selection("embedding_training_job"), executor_def=dg.in_process_executor,
+    "embedding_training_job", selection=_selection("embedding_training_job"), executor_def=_EXECUTOR,
     description="Fine-tune the retrieval embedder on liked answers' documents, compared with the champion, decided.")
 
 daily_cleaning_job = dg.define_asset_job(
@@ -76,7 +80,7 @@ weekly_dataset_schedule = dg.build_schedule_from_partitioned_job(weekly_dataset_
                                                                   name="weekly_dataset_schedule")
 
 error_analysis_job = dg.define_asset_job(
-    "error_analysis_job", selection=_selection("error_analysis_job"), executor_def=dg.in_process_executor,
+    "error_analysis_job", selection=_selection("error_analysis_job"), executor_def=_EXECUTOR,
     description="Refresh the analysts' reports from the newest feedback (no training).")
 
 weekly_error_analysis_schedule = dg.ScheduleDefinition(

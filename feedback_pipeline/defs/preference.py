@@ -16,6 +16,7 @@ from feedback_pipeline.defs.handoffs import BaseChatModel, ChatAdapter, ChatEval
 from feedback_pipeline.defs.release import decision_check
 from feedback_pipeline.defs.resources import FeedbackStoreResource, JudgeResource, MlflowResource, WorkspaceResource
 from feedback_pipeline.defs.trainer_config import BATCH_SIZE, trainer_config
+from feedback_pipeline.deploy_config import TRAINING_POOL
 from feedback_pipeline.tracking.registry import CHALLENGER, register_chat_adapter, registration_tags
 from feedback_pipeline.tracking.runs import config_params, training_run
 from feedback_pipeline.training.chat_preference import PreferenceConfig
@@ -42,7 +43,7 @@ def check_dpo_no_identifiers(dpo_dataset: dict) -> dg.AssetCheckResult:
 PreferenceTrainingConfig = trainer_config(PreferenceConfig, rename=BATCH_SIZE, name="PreferenceTrainingConfig")
 
 
-@dg.asset(group_name="training", kinds={"pytorch", "mlflow"},
+@dg.asset(pool=TRAINING_POOL, group_name="training", kinds={"pytorch", "mlflow"},
           description="LoRA adapter trained with KTO or DPO; resumable, early-stopped, one MLflow run, "
                       "registered as a feedback-chat challenger.")
 def chat_preference_adapter(context: dg.AssetExecutionContext, config: PreferenceTrainingConfig, kto_dataset: dict,

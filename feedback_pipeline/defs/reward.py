@@ -18,6 +18,7 @@ from feedback_pipeline.defs.handoffs import BaseChatModel, Judge, ReleaseDecisio
 from feedback_pipeline.defs.release import GateConfig, act_on_decision, decision_check
 from feedback_pipeline.defs.resources import FeedbackStoreResource, MlflowResource, WorkspaceResource
 from feedback_pipeline.defs.trainer_config import BATCH_SIZE, trainer_config
+from feedback_pipeline.deploy_config import TRAINING_POOL
 from feedback_pipeline.evaluation.gate import Evidence, decide, paired_interval, win_outcomes
 from feedback_pipeline.release.champions import reward_champion
 from feedback_pipeline.tracking.registry import CHALLENGER, registration_tags
@@ -28,7 +29,7 @@ from feedback_pipeline.training.reward import RewardConfig
 RewardTrainingConfig = trainer_config(RewardConfig, rename=BATCH_SIZE, name="RewardTrainingConfig")
 
 
-@dg.asset(group_name="training", kinds={"pytorch", "mlflow"},
+@dg.asset(pool=TRAINING_POOL, group_name="training", kinds={"pytorch", "mlflow"},
           description="Reward model trained on dpo_dataset with trl's RewardTrainer; registered as a "
                       "feedback-reward challenger.")
 def reward_model(context: dg.AssetExecutionContext, config: RewardTrainingConfig, dpo_dataset: dict,

@@ -12,6 +12,7 @@ from pydantic import Field
 from feedback_pipeline.defs.handoffs import BaseChatModel, ChatAdapter, MergedChatModel
 from feedback_pipeline.defs.resources import MlflowResource, WorkspaceResource
 from feedback_pipeline.defs.trainer_config import BATCH_SIZE, trainer_config
+from feedback_pipeline.deploy_config import TRAINING_POOL
 from feedback_pipeline.tracking.runs import config_params, training_run
 from feedback_pipeline.training.base_model import prepare_base_chat_model
 from feedback_pipeline.training.chat_sft import ChatSFTConfig, main as train_chat_sft
@@ -35,7 +36,7 @@ class ChatTrainingConfig(trainer_config(ChatSFTConfig, rename=BATCH_SIZE)):
                            "stopping evaluates on it regardless.")
 
 
-@dg.asset(group_name="training", kinds={"pytorch", "mlflow"},
+@dg.asset(pool=TRAINING_POOL, group_name="training", kinds={"pytorch", "mlflow"},
           description="LoRA adapter fine-tuned on sft_dataset with per-example weights; one MLflow run.")
 def chat_adapter(context: dg.AssetExecutionContext, config: ChatTrainingConfig, sft_dataset: dict,
                  base_chat_model: BaseChatModel, workspace: WorkspaceResource,
