@@ -85,5 +85,12 @@ def test_compare_scores_raw_and_length_normalised_views_differ_as_defined():
     assert m["candidate_accuracy_longer"] == 0.0 and m["candidate_accuracy_shorter"] == 1.0
     assert m["accuracy_difference_longer"] == -0.5 and m["accuracy_difference_shorter"] == 0.5
     assert m["length_rule_accuracy"] == 0.5 and m["n_pairs"] == 2
+    # Per-token margins: base 0 and 0; candidate -0.3 and +0.3; their paired difference is the same here.
+    assert m["candidate_logp_margin"] == pytest.approx(0.0) and m["logp_margin_difference"] == pytest.approx(0.0)
+    shifted = compare_scores(base, _scores([-18.0, -3.0], [-5.0, -21.0], tokens_c, tokens_r), tokens_c, tokens_r,
+                             bootstrap=100)
+    # chosen -1.8 vs rejected -2.5 (+0.7), chosen -1.5 vs rejected -2.1 (+0.6): mean +0.65 over a base margin of 0
+    assert shifted["logp_margin_difference"] == pytest.approx(0.65)
+    assert 0.6 - 1e-9 <= shifted["logp_margin_difference_ci_low"] <= shifted["logp_margin_difference_ci_high"] <= 0.7 + 1e-9
     with pytest.raises(ValueError, match="same pairs"):
         compare_scores(base, _scores([-1.0, -1.0], [-1.0, -1.0], [1, 1], [1, 1]), tokens_c, tokens_r)

@@ -9,7 +9,9 @@ Views, all from scored existing answers (no generation):
 - Each model's own ranking: does it give the chosen answer the higher mean per-token log-prob (length-normalised:
   ``base_accuracy`` / ``candidate_accuracy``) or the higher summed log-prob (raw: ``base_sum_accuracy`` /
   ``candidate_sum_accuracy``, which favours short answers)? Candidate minus base with a paired bootstrap interval:
-  ``accuracy_difference`` (normalised) and ``sum_accuracy_difference`` (raw).
+  ``accuracy_difference`` (normalised) and ``sum_accuracy_difference`` (raw); the per-token margin itself
+  (chosen minus rejected, nats) as ``base_logp_margin`` / ``candidate_logp_margin`` and their paired difference
+  ``logp_margin_difference`` (the release gate's ``preference_margin``).
 - Beyond length: the "longer answer wins" rule on the same pairs (``length_rule_accuracy``; length = tokens of the
   whole answer), and every accuracy split by stratum - ``_longer`` (the preferred answer is the longer one),
   ``_shorter`` (it is the shorter one), ``_tie`` (same length) - each with its own 95% interval, plus
@@ -198,6 +200,8 @@ def compare_scores(base: PairScores, candidate: PairScores, chosen_length: Seque
         ("implicit_margin", reward_c - reward_r),
         ("base_logp_margin", margins["base_accuracy"]),
         ("candidate_logp_margin", margins["candidate_accuracy"]),
+        # make run's "preference_margin": candidate minus base per-token margin, paired
+        ("logp_margin_difference", margins["candidate_accuracy"] - margins["base_accuracy"]),
     ):
         low, high = _ci(values, idx)
         result[name], result[f"{name}_ci_low"], result[f"{name}_ci_high"] = float(values.mean()), low, high
