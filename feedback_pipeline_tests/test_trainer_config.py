@@ -28,7 +28,8 @@ def test_every_tunable_trainer_field_is_run_config_with_the_trainers_default_and
     by_field = {v: k for k, v in config_cls.trainer_fields.items()}
     for f in tunable:
         key = by_field[f.name]
-        assert getattr(config, key) == getattr(trainer, f.name) or f.name == "max_prompt_length", f.name
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        assert getattr(config, key) == default, f.name  # the field's default (None where __post_init__ resolves it)
         assert config_cls.model_fields[key].description == f.metadata["help"], f.name
     # the defaults build the trainer's config as it is by default
     assert config.to_trainer(**PATHS) == trainer
