@@ -22,7 +22,7 @@ from feedback_pipeline.tracking.registry import registration_tags
 from feedback_pipeline.training.embedder import EmbedderConfig
 
 
-@dg.asset(group_name="embedding", kinds={"json", "csv"},
+@dg.asset(group_name="datasets", kinds={"json", "csv"},
           description="(query, liked document[, disliked document]) pairs, split by conversation; CSV, JSONL and HF datasets.")
 def embedding_pairs(context: dg.AssetExecutionContext, cleaned_feedback: pd.DataFrame,
                     workspace: WorkspaceResource) -> dict:
@@ -45,7 +45,7 @@ _EMBEDDER_PATHS = ("base_model_path", "train_file", "output_dir", "beir_dir", "b
 EmbedderTrainingConfig = trainer_config(EmbedderConfig, exclude=_EMBEDDER_PATHS, name="EmbedderTrainingConfig")
 
 
-@dg.asset(pool=TRAINING_POOL, group_name="embedding", kinds={"pytorch", "mlflow"},
+@dg.asset(pool=TRAINING_POOL, group_name="training", kinds={"pytorch", "mlflow"},
           description="all-MiniLM-L6-v2 (or EMBEDDING_MODEL) fine-tuned on embedding_pairs; registered as a "
                       "feedback-embedder challenger.")
 def embedding_model(context: dg.AssetExecutionContext, config: EmbedderTrainingConfig, embedding_pairs: dict,
@@ -80,7 +80,7 @@ class EmbedderEvaluationConfig(dg.Config):
     seed: int = Field(0, description="Bootstrap seed.")
 
 
-@dg.asset(group_name="embedding", kinds={"pytorch"},
+@dg.asset(group_name="evaluation", kinds={"pytorch"},
           description="nDCG@10, MRR@10 and Recall@10 of the new embedder and of the feedback-embedder champion (the "
                       "base model as version 0) on held-out query -> document pairs, paired per query.")
 def embedding_model_evaluation(context: dg.AssetExecutionContext, config: EmbedderEvaluationConfig,
@@ -127,7 +127,7 @@ class EmbedderGateConfig(GateConfig):
     primary_metric: str = Field("ndcg@10", description="ndcg@K | mrr@K | recall@K (K = the evaluation's k).")
 
 
-@dg.asset(group_name="embedding", kinds={"mlflow"},
+@dg.asset(group_name="release", kinds={"mlflow"},
           description="promote / keep / needs_review for the new embedder (moves feedback-embedder@champion).")
 def embedder_promotion_decision(context: dg.AssetExecutionContext, config: EmbedderGateConfig,
                                 embedding_model_evaluation: dict, feedback_store: FeedbackStoreResource,

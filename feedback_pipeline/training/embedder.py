@@ -37,7 +37,7 @@ from typing import Any, Literal, get_args
 
 from transformers import TrainerCallback
 
-from feedback_pipeline.training.common import MlflowStepLogger
+from feedback_pipeline.training.common import MlflowStepLogger, sha256_file
 from feedback_pipeline.training.config_file import JsonConfig
 from feedback_pipeline.training.embedder_data import (
     RetrievalSet,
@@ -165,14 +165,6 @@ class EmbedderResult:
 
 def _read_json(path: str) -> dict:
     return json.loads(Path(path).read_text(encoding="utf-8"))
-
-
-def _sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _fingerprint(rows: list[dict[str, Any]]) -> str:
@@ -391,7 +383,7 @@ def main(cfg: EmbedderConfig, log: Callable[[str], None] | None = None,
     # Written last: its presence means the model folder is complete.
     (out / TRAINING_CONFIG_NAME).write_text(json.dumps({
         "config": asdict(cfg), "steps": steps, "best_step": best_step, "base_model_path": base,
-        "train_file_sha256": _sha256(cfg.train_file) if cfg.train_file else None,
+        "train_file_sha256": sha256_file(cfg.train_file) if cfg.train_file else None,
         "pairs_fingerprint": _fingerprint(rows), "n_train_examples": n_examples, "n_pairs": len(rows),
         "mined_pairs": mined, "final_train_loss": final_loss, "train_runtime_s": runtime,
         "examples_per_s": throughput, "eval_before": eval_before, "eval_after": eval_after,
