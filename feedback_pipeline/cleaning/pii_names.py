@@ -71,6 +71,10 @@ def find_names(text: str, single_first: bool = True, exclude: tuple[str, ...] = 
     words = [(s, e) for s, e in words if e > s]
     i = 0
     while i < len(words):
+        if not text[words[i][0]].isupper() and (i + 1 == len(words) or text[words[i][1]:words[i + 1][0]] != " "
+                                                 or not text[words[i + 1][0]].isupper()):
+            i += 1  # a lowercase word not followed by a capitalised one is a run without a name: most words
+            continue
         run = [i]  # consecutive capitalised words (particles allowed inside) separated by one space
         while run[-1] + 1 < len(words) and len(run) < 5:
             s, e = words[run[-1] + 1]
@@ -181,8 +185,16 @@ def _plausible(value: str) -> bool:
 _LEADING_PROSE = re.compile(r"[^\W\d_]+[ \-]")
 
 
-def find_addresses(text: str) -> Iterator[Span]:
-    for pattern in _ADDRESS_PATTERNS:
+# What each pattern cannot match without (a street-type word right before a space and a digit), found fast: the
+# compound pattern tries every ending at every letter of every word, most of the cost of address detection.
+_NEEDS = (None, None, None, re.compile(rf"(?:{_SUFFIX_WORDS})\s\d"), re.compile(rf"(?i:{_COMPOUND_ENDINGS})\s\d"))
+
+
+def find_addresses(text: str, prefilter: bool = True) -> Iterator[Span]:
+    """Address spans; ``prefilter=False`` runs every pattern (the reference the fast path is tested against)."""
+    for pattern, needs in zip(_ADDRESS_PATTERNS, _NEEDS):
+        if prefilter and needs is not None and not needs.search(text):
+            continue
         for m in pattern.finditer(text):
             start, end = m.start(), m.end() - (text[m.end() - 1] in ".,")
             lead = _LEADING_PROSE.match(text, start, end)  # "to Scholzallee 5": the optional first word was prose
