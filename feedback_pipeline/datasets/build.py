@@ -433,10 +433,12 @@ def _digest(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def _scan(chunks: Chunks, eval_fraction: float, by_user: bool) -> _Answers:
-    """Pass 1: per usable row only what the split and the merge into answers need (ids, users, sessions, the
-    query for the split, a digest of the answer key, the rater, the votes, times), then the split and the answers
-    as :func:`rated_answers` computes them. Memory: a few short fields per row, no answer text."""
+def _scan_rows(chunks: Chunks, eval_fraction: float, by_user: bool, answered: tuple[str, ...] | None = _LABELLED,
+               extra: Callable[[pd.DataFrame], dict[str, list]] | None = None) -> tuple[pd.DataFrame, str | None]:
+    """Pass 1 over the stream: per usable row only what the split and the merge into answers need (ids, users,
+    sessions, the query for the split, a digest of the answer key of rows labelled ``answered`` (None: every
+    row), the rater, the votes, times, plus the columns ``extra(usable chunk)`` computes), then the split over
+    every usable row as :func:`split_rows` computes it. Returns those rows (no text) and the data watermark."""
     parts, newest, position = [], None, 0
     for chunk in chunks():
         if "ingested_at" in chunk and chunk["ingested_at"].notna().any():
@@ -446,23 +448,37 @@ def _scan(chunks: Chunks, eval_fraction: float, by_user: bool) -> _Answers:
         meta = usable[[c for c in _KEEP if c in usable]].copy()
         meta["stream_pos"] = np.arange(position, position + len(usable))
         position += len(usable)
-        labelled = usable["label"].isin(_LABELLED).to_numpy() if "label" in usable else np.zeros(len(usable), bool)
+        if answered is None:
+            keyed = np.ones(len(usable), bool)
+        elif "label" in usable:
+            keyed = usable["label"].isin(answered).to_numpy()
+        else:
+            keyed = np.zeros(len(usable), bool)
         meta["_answer"] = [_digest(answer_key(r)) if ok else None
-                           for r, ok in zip(usable.itertuples(index=False), labelled)]
+                           for r, ok in zip(usable.itertuples(index=False), keyed)]
         meta["_rater"] = _rater_keys(usable) if len(usable) else pd.Series(dtype=object)
         votes = [_votes(r) for r in usable.itertuples(index=False)]
         for i, name in enumerate(("v_up", "v_down", "v_neutral")):
             meta[name] = [v[i] for v in votes]
+        for name, values in (extra(usable) if extra else {}).items():
+            meta[name] = values
         parts.append(meta)
     rows = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=[*_KEEP, "stream_pos"])
     rows = rows.assign(split=assign_split(rows, eval_fraction, by_user=by_user) if len(rows)
                        else pd.Series(dtype=str)).drop(columns=["query"])
+    return rows, newest.isoformat() if newest is not None else None
+
+
+def _scan(chunks: Chunks, eval_fraction: float, by_user: bool) -> _Answers:
+    """Pass 1 (:func:`_scan_rows`), then the answers as :func:`rated_answers` computes them. Memory: a few short
+    fields per row, no answer text."""
+    rows, watermark = _scan_rows(chunks, eval_fraction, by_user)
     rated = rows[rows["label"].isin(_LABELLED)] if "label" in rows else rows.iloc[:0]
     answers, aggregation = aggregate_answers(rated)
     if len(answers):
         answers = answers.sort_values("stream_pos", kind="stable", ignore_index=True)
     trained = rated[rated["label"].isin(["liked", "disliked"])]
-    return _Answers(trained, answers, aggregation, newest.isoformat() if newest is not None else None)
+    return _Answers(trained, answers, aggregation, watermark)
 
 
 def _emit(chunks: Chunks, wanted: dict[str, object], write: Callable[[object, object], None]) -> None:

@@ -15,13 +15,14 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import defaultdict
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
 
-from feedback_pipeline.datasets.build import InsufficientDataError, trainable_rows
+from feedback_pipeline.datasets.build import Chunks, InsufficientDataError, _digest, _scan_rows, trainable_rows
 from feedback_pipeline.datasets.splits import _query_key
 
 
@@ -61,12 +62,19 @@ def pairs_from_feedback(df: pd.DataFrame, eval_fraction: float = 0.15) -> pd.Dat
     rows = trainable_rows(df, eval_fraction) if len(df) else df.assign(split=pd.Series(dtype=str))
     if rows.empty:
         return pd.DataFrame(columns=PAIR_COLUMNS)
+    return _pairs(rows.itertuples(index=False))
+
+
+def _pairs(rows: Iterable) -> pd.DataFrame:
+    """The pairs of rated rows (``id``, ``query``, ``response``, ``retrieved_context``, ``label``, ``split``) in
+    their stream order."""
     positives: dict[str, list[tuple]] = defaultdict(list)  # query key -> (row, doc id, text)
     negatives: dict[str, list[tuple]] = defaultdict(list)
-    for row in rows.itertuples(index=False):
+    for row in rows:
         target = positives if row.label == "liked" else negatives
+        source = _Source(row.id, row.query, row.split)
         for doc_id, text in _texts_or_response(row):
-            target[_query_key(row.query)].append((row, doc_id, text))
+            target[_query_key(row.query)].append((source, doc_id, text))
 
     records = []
     for key, liked in positives.items():
@@ -87,6 +95,54 @@ def pairs_from_feedback(df: pd.DataFrame, eval_fraction: float = 0.15) -> pd.Dat
                 "feedback_id": row.id, "split": row.split, "positive_id": doc_id,
                 "negative_id": neg[1] if neg else None, "negative_feedback_id": neg[0].id if neg else None})
     return pd.DataFrame.from_records(records, columns=PAIR_COLUMNS)
+
+
+class _Source(NamedTuple):
+    """What a pair keeps of the row its document came from."""
+
+    id: str
+    query: str
+    split: str
+
+
+# What pass 1 reads (the split) and pass 2 (the rated rows' texts) of each row.
+SPLIT_COLUMNS = ("id", "session_id", "user_id", "query", "label", "ingested_at", "exclude_from_training")
+TEXT_COLUMNS = ("id", "query", "response", "retrieved_context", "label", "exclude_from_training")
+
+
+def pairs_from_chunks(split_chunks: Chunks, text_chunks: Chunks, eval_fraction: float = 0.15) -> pd.DataFrame:
+    """:func:`pairs_from_feedback` over a stream: ``split_chunks()`` yields frames of cleaned rows
+    (``SPLIT_COLUMNS``) in (created_at, id) order for the split, ``text_chunks()`` the same rows with
+    ``TEXT_COLUMNS``. Memory: a few short fields per row, and the documents of liked answers and of disliked ones
+    to a query some liked answer shares (the pairs are made of them); other rows' text is never kept."""
+    def liked_query(usable: pd.DataFrame) -> dict[str, list]:
+        liked = (usable["label"] == "liked").to_numpy()
+        return {"_liked_query": [_digest(_query_key(q)) if ok else None for q, ok in zip(usable["query"], liked)]}
+
+    rows, _ = _scan_rows(split_chunks, eval_fraction, True, answered=(), extra=liked_query)
+    rated = rows[rows["label"].isin(["liked", "disliked"])] if len(rows) else rows
+    if rated.empty:
+        return pd.DataFrame(columns=PAIR_COLUMNS)
+    side = dict(zip(rated["id"], rated["split"]))
+    liked_queries = set(rated["_liked_query"].dropna())
+
+    def stream():
+        for chunk in text_chunks():
+            for row in chunk.itertuples(index=False):
+                split = side.get(str(row.id))
+                if split is not None and (row.label == "liked" or _digest(_query_key(row.query)) in liked_queries):
+                    yield _Rated(str(row.id), row.query, row.response, row.retrieved_context, row.label, split)
+
+    return _pairs(stream())
+
+
+class _Rated(NamedTuple):
+    id: str
+    query: str
+    response: str
+    retrieved_context: Any
+    label: str
+    split: str
 
 
 # ---------------------------------------------------------------------------------------------------------------------

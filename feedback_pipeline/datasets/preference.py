@@ -30,13 +30,14 @@ from __future__ import annotations
 import json
 import math
 from collections import defaultdict
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import pandas as pd
 
 from feedback_pipeline.datasets.build import (
-    BuiltDataset, _split_stats, _watermark, aggregate_answers, answer_key, prompt_messages, split_rows, usable_rows,
-    write_dataset,
+    BuiltDataset, Chunks, DatasetWriter, _digest, _scan_rows, _split_stats, _watermark, aggregate_answers, answer_key,
+    prompt_messages, split_rows, usable_rows, write_dataset,
 )
 
 MIN_AGREEMENT = 0.6
@@ -84,33 +85,23 @@ def _answers(df: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, str]]:
     return answers, {str(r.id): keys[answer_key(r)] for r in df.itertuples(index=False)}
 
 
-def dpo_pairs(df: pd.DataFrame, min_agreement: float = MIN_AGREEMENT, stats: dict | None = None) -> list[dict]:
-    """Chosen/rejected pairs between answers to the same prompt (see the module docstring), in a stable order.
+def _new_counts() -> dict[str, int]:
+    return {"rank_votes": 0, "thumbs_pairs": 0, "distinct_pairs": 0, "emitted": 0, "dropped_ties": 0,
+            "dropped_low_agreement": 0, "decided_over_reversed_votes": 0, "merged_duplicate_votes": 0}
 
-    ``df`` needs ``id``, ``query``, ``history``, ``response``; ``metadata`` (with ``rank``/``parent_id``) for rank
-    pairs and ``label`` + ``rating`` for thumbs pairs. Rows flagged ``exclude_from_training`` are skipped. Pass a
-    dict as ``stats`` to receive the counts.
-    """
-    df = usable_rows(df)
-    counts = {"rank_votes": 0, "thumbs_pairs": 0, "distinct_pairs": 0, "emitted": 0, "dropped_ties": 0,
-              "dropped_low_agreement": 0, "decided_over_reversed_votes": 0, "merged_duplicate_votes": 0}
-    if stats is not None:
-        stats.update(counts)
-    if df.empty:
-        return []
-    answers, answer_of = _answers(df)
-    by_id = {r.id: r for r in answers.itertuples(index=False)}
-    prompt_of = {r.id: prompt_key(prompt_messages(r)) for r in answers.itertuples(index=False)}
 
+def _plan(ranked: Iterable[tuple[str, float, str]], answers: pd.DataFrame, answer_of: dict[str, str],
+          prompt_of: dict[str, str], min_agreement: float, counts: dict) -> list[tuple]:
+    """The pairs to emit, as (chosen answer id, rejected answer id, source, votes, agreement, prompt group) in their
+    file order: rank pairs by answer ids, then thumbs pairs by prompt group and member ids. ``ranked`` holds
+    (row id, rank, parent id) of each ranked row, ``answers`` one row per answer (:func:`build.aggregate_answers`),
+    ``answer_of`` row id -> answer id, ``prompt_of`` answer id -> its prompt's group key."""
     # votes[(a, b)] with a < b: [votes for a over b, votes for b over a]
     rank_votes: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
     siblings: dict[tuple, list] = defaultdict(list)
-    for row in df.itertuples(index=False):
-        metadata = getattr(row, "metadata", None)
-        rank = _rank_of(metadata)
-        if rank is not None and metadata.get("parent_id"):
-            answer = answer_of[str(row.id)]
-            siblings[(str(metadata["parent_id"]), prompt_of[answer])].append((rank, answer))
+    for row_id, rank, parent in ranked:
+        answer = answer_of[row_id]
+        siblings[(parent, prompt_of[answer])].append((rank, answer))
     for group in sorted(siblings):
         members = siblings[group]
         for i, (rank_i, a) in enumerate(members):
@@ -122,9 +113,9 @@ def dpo_pairs(df: pd.DataFrame, min_agreement: float = MIN_AGREEMENT, stats: dic
                 rank_votes[key][0 if better == key[0] else 1] += 1
                 counts["rank_votes"] += 1
 
-    pairs: list[dict] = []
+    plan: list[tuple] = []
 
-    def decide(key: tuple[str, str], for_first: int, for_second: int, source: str) -> None:
+    def decide(key: tuple[str, str], for_first: int, for_second: int, source: str, group: str | None) -> None:
         counts["distinct_pairs"] += 1
         total = for_first + for_second
         if for_first == for_second:
@@ -136,11 +127,11 @@ def dpo_pairs(df: pd.DataFrame, min_agreement: float = MIN_AGREEMENT, stats: dic
             return
         counts["decided_over_reversed_votes"] += bool(min(for_first, for_second))
         chosen, rejected = key if for_first > for_second else key[::-1]
-        pairs.append(_pair(by_id[chosen], by_id[rejected], source, total, agreement))
+        plan.append((chosen, rejected, source, total, agreement, group))
 
     for key in sorted(rank_votes):
         counts["merged_duplicate_votes"] += sum(rank_votes[key]) - 1
-        decide(key, *rank_votes[key], "rank")
+        decide(key, *rank_votes[key], "rank", None)
 
     by_prompt: dict[str, list] = defaultdict(list)
     for answer in answers.itertuples(index=False):
@@ -155,8 +146,36 @@ def dpo_pairs(df: pd.DataFrame, min_agreement: float = MIN_AGREEMENT, stats: dic
                 counts["thumbs_pairs"] += 1
                 agree = good.votes_up + bad.votes_down
                 against = good.raters + bad.raters - agree
-                decide(key, *((agree, against) if key[0] == good.id else (against, agree)), "thumbs")
-    counts["emitted"] = len(pairs)
+                decide(key, *((agree, against) if key[0] == good.id else (against, agree)), "thumbs", prompt)
+    counts["emitted"] = len(plan)
+    return plan
+
+
+def _ranked_row(row_id, metadata) -> tuple[str, float, str] | None:
+    rank = _rank_of(metadata)
+    return (str(row_id), rank, str(metadata["parent_id"])) if rank is not None and metadata.get("parent_id") else None
+
+
+def dpo_pairs(df: pd.DataFrame, min_agreement: float = MIN_AGREEMENT, stats: dict | None = None) -> list[dict]:
+    """Chosen/rejected pairs between answers to the same prompt (see the module docstring), in a stable order.
+
+    ``df`` needs ``id``, ``query``, ``history``, ``response``; ``metadata`` (with ``rank``/``parent_id``) for rank
+    pairs and ``label`` + ``rating`` for thumbs pairs. Rows flagged ``exclude_from_training`` are skipped. Pass a
+    dict as ``stats`` to receive the counts.
+    """
+    df = usable_rows(df)
+    counts = _new_counts()
+    if stats is not None:
+        stats.update(counts)
+    if df.empty:
+        return []
+    answers, answer_of = _answers(df)
+    by_id = {r.id: r for r in answers.itertuples(index=False)}
+    prompt_of = {r.id: prompt_key(prompt_messages(r)) for r in answers.itertuples(index=False)}
+    ranked = filter(None, (_ranked_row(row.id, getattr(row, "metadata", None)) for row in df.itertuples(index=False)))
+    plan = _plan(ranked, answers, answer_of, prompt_of, min_agreement, counts)
+    pairs = [_pair(by_id[chosen], by_id[rejected], source, votes, agreement)
+             for chosen, rejected, source, votes, agreement, _ in plan]
     if stats is not None:
         stats.update(counts)
     return pairs
@@ -194,3 +213,83 @@ def build_dpo_dataset(cleaned_df: pd.DataFrame, root: Path, eval_fraction: float
                          {"eval_fraction": eval_fraction, "split_by_user": split_by_user, "max_file_mb": max_file_mb,
                           "min_agreement": min_agreement},
                          _watermark(cleaned_df), min_train_examples, max_file_mb, {**_split_stats(rows), "pairs": counts})
+
+
+# --- the streaming build: the rows stay in the store, the text of a paired answer is fetched when it is written ---
+
+Fetch = Callable[[list[str]], Iterable[pd.DataFrame]]
+TEXT_COLUMNS = ["id", "history", "query", "response"]
+_BATCH = 1000
+
+
+def _dpo_fields(usable: pd.DataFrame) -> dict[str, list]:
+    """What pass 1 keeps per row beyond the split and the answer: its prompt's digest and its rank, if ranked."""
+    metadata = usable["metadata"] if "metadata" in usable else [None] * len(usable)
+    ranked = [_ranked_row(i, m) for i, m in zip(usable["id"], metadata)]
+    return {"_prompt": [_digest(prompt_key(prompt_messages(r))) for r in usable.itertuples(index=False)],
+            "_rank": [r[1] if r else None for r in ranked], "_parent": [r[2] if r else None for r in ranked]}
+
+
+class _Answer:
+    """A fetched row with its answer's merged feedback ids: what :func:`_pair` reads."""
+
+    def __init__(self, row, feedback_ids: list[str]):
+        self.id, self.history, self.query, self.response = str(row.id), row.history, row.query, row.response
+        self.feedback_ids = feedback_ids
+
+
+def _texts(fetch: Fetch, ids: Iterable[str]) -> dict[str, object]:
+    return {str(r.id): r for frame in fetch(list(dict.fromkeys(ids))) for r in frame.itertuples(index=False)}
+
+
+def _in_file_order(plan: list[tuple], fetch: Fetch, batch: int) -> list[tuple]:
+    """Thumbs pairs ordered by their prompt's key, as :func:`dpo_pairs` orders them (the plan grouped them by the
+    key's digest): the key of each paired prompt is computed from one fetched row, a batch at a time."""
+    thumbs = [p for p in plan if p[2] == "thumbs"]
+    first_of = {p[5]: p[0] for p in reversed(thumbs)}
+    key_of: dict[str, str] = {}
+    groups = list(first_of)
+    for start in range(0, len(groups), batch):
+        part = groups[start:start + batch]
+        texts = _texts(fetch, [first_of[g] for g in part])
+        key_of.update({g: prompt_key(prompt_messages(texts[first_of[g]])) for g in part})
+    return [p for p in plan if p[2] != "thumbs"] + sorted(thumbs, key=lambda p: key_of[p[5]])
+
+
+def build_dpo_dataset_from_chunks(chunks: Chunks, fetch: Fetch, root: Path, eval_fraction: float = 0.15,
+                                  min_train_examples: int = 20, split_by_user: bool = True, max_file_mb: float = 50.0,
+                                  name: str = "dpo", min_agreement: float = MIN_AGREEMENT,
+                                  batch: int = _BATCH) -> BuiltDataset:
+    """:func:`build_dpo_dataset` over a stream: ``chunks()`` yields frames of cleaned rows (``SCAN_COLUMNS``) in
+    (created_at, id) order (one pass: split, answers, ranks, prompt digests; no text kept); ``fetch(ids)`` yields
+    the rows (``id``, ``history``, ``query``, ``response``) of the answers a batch of pairs needs. Memory: a few
+    short fields per row, the plan of pairs (ids and counts) and the key of each prompt a thumbs pair is made of
+    (to order them as the frame builder does); text is held for one batch of pairs at a time."""
+    rows, watermark = _scan_rows(chunks, eval_fraction, split_by_user, answered=None, extra=_dpo_fields)
+    counts, plan, feedback_ids = _new_counts(), [], {}
+    if len(rows):
+        answers, _ = aggregate_answers(rows)
+        feedback_ids = dict(zip(answers["id"], answers["feedback_ids"]))
+        answer_of = {row_id: answer for answer, ids in feedback_ids.items() for row_id in ids}
+        ranked = [(i, r, p) for i, r, p in zip(rows["id"], rows["_rank"], rows["_parent"]) if p is not None]
+        plan = _in_file_order(_plan(ranked, answers, answer_of, dict(zip(answers["id"], answers["_prompt"])),
+                                    min_agreement, counts), fetch, batch)
+    side = dict(zip(rows["id"], rows["split"]))
+    writer = DatasetWriter(root, name)
+    try:
+        for start in range(0, len(plan), batch):
+            part = plan[start:start + batch]
+            texts = _texts(fetch, [i for p in part for i in p[:2]])
+            for chosen, rejected, source, votes, agreement, _ in part:
+                if side[chosen] != side[rejected]:
+                    raise AssertionError(f"pair {chosen}>{rejected} straddles the split "
+                                         f"({side[chosen]} / {side[rejected]})")
+                pair = _pair(_Answer(texts[chosen], feedback_ids[chosen]),
+                             _Answer(texts[rejected], feedback_ids[rejected]), source, votes, agreement)
+                writer.add(side[chosen], pair, source)
+    except BaseException:
+        writer.abort()
+        raise
+    return writer.finish({"eval_fraction": eval_fraction, "split_by_user": split_by_user, "max_file_mb": max_file_mb,
+                          "min_agreement": min_agreement}, watermark, min_train_examples, max_file_mb,
+                         {**_split_stats(rows), "pairs": counts})

@@ -14,7 +14,7 @@ from feedback_pipeline.datasets.build import (SCAN_COLUMNS, BuiltDataset, SFTPol
 from feedback_pipeline.datasets.splits import leaked_prompts
 from feedback_pipeline.defs.cleaning import daily_cleaned_feedback
 from feedback_pipeline.defs.resources import FeedbackStoreResource, WorkspaceResource
-from feedback_pipeline.store.cleaned import cleaned_chunks
+from feedback_pipeline.store.cleaned import cleaned_by_ids, cleaned_chunks
 from feedback_pipeline.store.refs import TableRef
 
 CHUNK_SIZE = 5000
@@ -55,7 +55,9 @@ def describe_dataset(context: dg.AssetExecutionContext, built: BuiltDataset) -> 
         "eval_rows": built.counts.get("eval", 0),
         "label_balance": dg.MetadataValue.json(built.label_balance),
         "stats": dg.MetadataValue.json(built.stats),
-        "data_watermark": built.data_watermark or "none",
+        # None (no rated row) is a null entry, which the retraining sensor reads as no watermark.
+        "data_watermark": dg.MetadataValue.text(built.data_watermark) if built.data_watermark
+        else dg.MetadataValue.null(),
         "directory": dg.MetadataValue.path(str(built.directory)),
     })
     return {"name": built.name, "directory": str(built.directory), "fingerprint": built.fingerprint,
@@ -63,8 +65,15 @@ def describe_dataset(context: dg.AssetExecutionContext, built: BuiltDataset) -> 
             "train_file": str(built.file("train")), "eval_file": str(built.file("eval"))}
 
 
-def _chunks(store: FeedbackStoreResource, start: date | None, end: date | None):
-    return lambda: cleaned_chunks(store.store(), start, end, SCAN_COLUMNS, CHUNK_SIZE)
+def window_chunks(store: FeedbackStoreResource, start: date | None, end: date | None,
+                  columns: tuple[str, ...] = SCAN_COLUMNS):
+    """The window's cleaned rows as a re-iterable stream of ``CHUNK_SIZE``-row frames (a builder's ``chunks``)."""
+    return lambda: cleaned_chunks(store.store(), start, end, columns, CHUNK_SIZE)
+
+
+def window_rows(store: FeedbackStoreResource, start: date | None, end: date | None, columns: list[str]):
+    """``ids -> frames`` of those rows of the window (a builder's ``fetch``), one query per batch of ids."""
+    return lambda ids: cleaned_by_ids(store.store(), start, end, ids, columns)
 
 
 @dg.asset(group_name="datasets", kinds={"json"},
@@ -73,7 +82,7 @@ def _chunks(store: FeedbackStoreResource, start: date | None, end: date | None):
 def sft_dataset(context: dg.AssetExecutionContext, config: SFTDatasetConfig, cleaned_feedback: TableRef,
                 feedback_store: FeedbackStoreResource, workspace: WorkspaceResource) -> dict:
     policy = SFTPolicy(**config.model_dump())
-    chunks = _chunks(feedback_store, cleaned_feedback.window_start, cleaned_feedback.window_end)
+    chunks = window_chunks(feedback_store, cleaned_feedback.window_start, cleaned_feedback.window_end)
     return describe_dataset(context, build_sft_dataset_from_chunks(chunks, workspace.path("datasets"), policy))
 
 
@@ -82,7 +91,7 @@ def sft_dataset(context: dg.AssetExecutionContext, config: SFTDatasetConfig, cle
                       "streamed from the cleaned_feedback table.")
 def kto_dataset(context: dg.AssetExecutionContext, config: KTODatasetConfig, cleaned_feedback: TableRef,
                 feedback_store: FeedbackStoreResource, workspace: WorkspaceResource) -> dict:
-    chunks = _chunks(feedback_store, cleaned_feedback.window_start, cleaned_feedback.window_end)
+    chunks = window_chunks(feedback_store, cleaned_feedback.window_start, cleaned_feedback.window_end)
     return describe_dataset(context, build_kto_dataset_from_chunks(chunks, workspace.path("datasets"),
                                                                    **config.model_dump()))
 
@@ -97,7 +106,7 @@ def _week(context: dg.AssetExecutionContext) -> tuple[date, date]:
 def weekly_sft_dataset(context: dg.AssetExecutionContext, config: SFTDatasetConfig,
                        feedback_store: FeedbackStoreResource, workspace: WorkspaceResource) -> dict:
     start, end = _week(context)
-    built = build_sft_dataset_from_chunks(_chunks(feedback_store, start, end), workspace.path("datasets"),
+    built = build_sft_dataset_from_chunks(window_chunks(feedback_store, start, end), workspace.path("datasets"),
                                           SFTPolicy(**config.model_dump()), name=f"sft_weekly/{start}")
     return describe_dataset(context, built)
 
@@ -107,7 +116,7 @@ def weekly_sft_dataset(context: dg.AssetExecutionContext, config: SFTDatasetConf
 def weekly_kto_dataset(context: dg.AssetExecutionContext, config: KTODatasetConfig,
                        feedback_store: FeedbackStoreResource, workspace: WorkspaceResource) -> dict:
     start, end = _week(context)
-    built = build_kto_dataset_from_chunks(_chunks(feedback_store, start, end), workspace.path("datasets"),
+    built = build_kto_dataset_from_chunks(window_chunks(feedback_store, start, end), workspace.path("datasets"),
                                           **config.model_dump(), name=f"kto_weekly/{start}")
     return describe_dataset(context, built)
 

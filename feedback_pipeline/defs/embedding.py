@@ -7,10 +7,10 @@ import json
 
 import dagster as dg
 import mlflow
-import pandas as pd
 from pydantic import Field
 
-from feedback_pipeline.datasets.embedding_pairs import export_pairs, pairs_from_feedback
+from feedback_pipeline.datasets.embedding_pairs import SPLIT_COLUMNS, TEXT_COLUMNS, export_pairs, pairs_from_chunks
+from feedback_pipeline.defs.datasets import window_chunks
 from feedback_pipeline.defs.handoffs import ReleaseDecision
 from feedback_pipeline.defs.release import GateConfig, act_on_decision, decision_check
 from feedback_pipeline.defs.resources import FeedbackStoreResource, MlflowResource, WorkspaceResource
@@ -18,15 +18,18 @@ from feedback_pipeline.defs.trainer_config import trainer_config
 from feedback_pipeline.deploy_config import TRAINING_POOL
 from feedback_pipeline.evaluation.gate import Evidence, decide
 from feedback_pipeline.release.champions import embedder_champion
+from feedback_pipeline.store.refs import TableRef
 from feedback_pipeline.tracking.registry import registration_tags
 from feedback_pipeline.training.embedder import EmbedderConfig
 
 
 @dg.asset(group_name="datasets", kinds={"json", "csv"},
           description="(query, liked document[, disliked document]) pairs, split by conversation; CSV, JSONL and HF datasets.")
-def embedding_pairs(context: dg.AssetExecutionContext, cleaned_feedback: pd.DataFrame,
-                    workspace: WorkspaceResource) -> dict:
-    pairs = pairs_from_feedback(cleaned_feedback)
+def embedding_pairs(context: dg.AssetExecutionContext, cleaned_feedback: TableRef,
+                    feedback_store: FeedbackStoreResource, workspace: WorkspaceResource) -> dict:
+    start, end = cleaned_feedback.window_start, cleaned_feedback.window_end
+    pairs = pairs_from_chunks(window_chunks(feedback_store, start, end, SPLIT_COLUMNS),
+                              window_chunks(feedback_store, start, end, TEXT_COLUMNS))
     paths = export_pairs(pairs, workspace.path("datasets", "embedding_pairs"), min_train_pairs=20,
                          fingerprinted=True)
     manifest = json.loads(paths["manifest"].read_text())

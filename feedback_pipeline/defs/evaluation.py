@@ -11,7 +11,6 @@ from typing import Literal
 
 import dagster as dg
 import mlflow
-import pandas as pd
 from pydantic import Field
 
 from feedback_pipeline.datasets.build import read_jsonl
@@ -22,6 +21,8 @@ from feedback_pipeline.evaluation.chat_compare import (ChatCompareOptions, ChatG
                                                        chat_decision, compare_chat_with_champion)
 from feedback_pipeline.evaluation.gold import seed_gold_set
 from feedback_pipeline.release.champions import chat_champion
+from feedback_pipeline.store.cleaned import cleaned_by_ids
+from feedback_pipeline.store.refs import TableRef
 from feedback_pipeline.tracking.registry import CHALLENGER, register_chat_adapter, registration_tags
 
 _OPTIONS = {f.name: f.default for f in fields(ChatCompareOptions)}
@@ -45,10 +46,20 @@ class ChatEvaluationConfig(dg.Config):
         return ChatCompareOptions(**{k: getattr(self, k) for k in _OPTIONS})
 
 
+def segments_of(store, ref: TableRef, ids) -> dict[str, dict]:
+    """id -> {segment column: value or None} for the rows of ``ref`` among ``ids`` (the held-out records): those
+    columns of those rows only, a batch of ids per query."""
+    found = {}
+    for frame in cleaned_by_ids(store, ref.window_start, ref.window_end, ids, ["id", *SEGMENT_COLUMNS]):
+        clean = frame.astype(object).where(frame.notna(), None)
+        found.update({row.pop("id"): row for row in clean.to_dict(orient="records")})
+    return found
+
+
 def evaluate_chat_candidate(context: dg.AssetExecutionContext, config: ChatEvaluationConfig, candidate: ChatAdapter,
-                            kto_dataset: dict, dpo_dataset: dict, cleaned_feedback: pd.DataFrame, reward_judge: Judge,
-                            external_judge: JudgeResource, workspace: WorkspaceResource,
-                            mlflow_tracking: MlflowResource) -> ChatEvaluation:
+                            kto_dataset: dict, dpo_dataset: dict, cleaned_feedback: TableRef, reward_judge: Judge,
+                            external_judge: JudgeResource, feedback_store: FeedbackStoreResource,
+                            workspace: WorkspaceResource, mlflow_tracking: MlflowResource) -> ChatEvaluation:
     """Compare ``candidate`` with the feedback-chat champion; the judge is the external endpoint when one is
     configured, else the reward model ``reward_judge`` names."""
     from feedback_pipeline.evaluation.reward_eval import RewardScorer
@@ -67,8 +78,8 @@ def evaluate_chat_candidate(context: dg.AssetExecutionContext, config: ChatEvalu
     # Seeded once from held-out liked answers, then a file people curate: an existing file is never overwritten.
     gold = seed_gold_set(workspace.path("gold") / "chat_gold.jsonl", held_out, n=config.gold_set_size,
                          seed=config.seed)
-    segments = (cleaned_feedback.drop_duplicates("id").set_index("id")[list(SEGMENT_COLUMNS)]
-                .astype(object).where(lambda f: f.notna(), None).to_dict(orient="index"))
+    # Segments are looked up for the held-out records (the only ones compared), not for the whole table.
+    segments = segments_of(feedback_store.store(), cleaned_feedback, {str(r.get("feedback_id")) for r in held_out})
     comparison = compare_chat_with_champion(
         candidate.base_model_path, champ.path, candidate.adapter_dir, held_out,
         read_jsonl(Path(dpo_dataset["eval_file"])), scorer, judge.ref, champ.label,
@@ -113,11 +124,12 @@ def decide_chat(context: dg.AssetExecutionContext, config: GateConfig, evaluatio
                       "liked-answer NLL, preference accuracy, reward-judged win rate of generated answers (raw and "
                       "length-controlled), guardrails, segments and the gold set.")
 def chat_model_evaluation(context: dg.AssetExecutionContext, config: ChatEvaluationConfig, chat_adapter: ChatAdapter,
-                          kto_dataset: dict, dpo_dataset: dict, cleaned_feedback: pd.DataFrame,
+                          kto_dataset: dict, dpo_dataset: dict, cleaned_feedback: TableRef,
                           reward_promotion_decision: ReleaseDecision, judge: JudgeResource,
-                          workspace: WorkspaceResource, mlflow_tracking: MlflowResource) -> ChatEvaluation:
+                          feedback_store: FeedbackStoreResource, workspace: WorkspaceResource,
+                          mlflow_tracking: MlflowResource) -> ChatEvaluation:
     return evaluate_chat_candidate(context, config, chat_adapter, kto_dataset, dpo_dataset, cleaned_feedback,
-                                   reward_promotion_decision.judge, judge, workspace, mlflow_tracking)
+                                   reward_promotion_decision.judge, judge, feedback_store, workspace, mlflow_tracking)
 
 
 @dg.asset_check(asset=chat_model_evaluation, blocking=True,

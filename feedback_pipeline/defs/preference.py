@@ -6,10 +6,10 @@ alone (for instance with ``method: dpo``).
 """
 
 import dagster as dg
-import pandas as pd
 
-from feedback_pipeline.datasets.preference import build_dpo_dataset
-from feedback_pipeline.defs.datasets import describe_dataset, identifiers_check, leakage_check
+from feedback_pipeline.datasets.preference import TEXT_COLUMNS, build_dpo_dataset_from_chunks
+from feedback_pipeline.defs.datasets import (describe_dataset, identifiers_check, leakage_check, window_chunks,
+                                             window_rows)
 from feedback_pipeline.defs.evaluation import (ChatEvaluationConfig, ChatGateConfig, decide_chat,
                                                evaluate_chat_candidate, evaluation_complete_check)
 from feedback_pipeline.defs.handoffs import BaseChatModel, ChatAdapter, ChatEvaluation, ReleaseDecision
@@ -17,6 +17,7 @@ from feedback_pipeline.defs.release import decision_check
 from feedback_pipeline.defs.resources import FeedbackStoreResource, JudgeResource, MlflowResource, WorkspaceResource
 from feedback_pipeline.defs.trainer_config import BATCH_SIZE, trainer_config
 from feedback_pipeline.deploy_config import TRAINING_POOL
+from feedback_pipeline.store.refs import TableRef
 from feedback_pipeline.tracking.registry import CHALLENGER, register_chat_adapter, registration_tags
 from feedback_pipeline.tracking.runs import config_params, training_run
 from feedback_pipeline.training.chat_preference import PreferenceConfig
@@ -24,8 +25,13 @@ from feedback_pipeline.training.chat_preference import PreferenceConfig
 
 @dg.asset(group_name="datasets", kinds={"json"},
           description="chosen/rejected pairs to the same prompt (oasst1 sibling ranks, liked vs disliked), split by prompt.")
-def dpo_dataset(context: dg.AssetExecutionContext, cleaned_feedback: pd.DataFrame, workspace: WorkspaceResource) -> dict:
-    return describe_dataset(context, build_dpo_dataset(cleaned_feedback, workspace.path("datasets")))
+def dpo_dataset(context: dg.AssetExecutionContext, cleaned_feedback: TableRef, feedback_store: FeedbackStoreResource,
+                workspace: WorkspaceResource) -> dict:
+    start, end = cleaned_feedback.window_start, cleaned_feedback.window_end
+    built = build_dpo_dataset_from_chunks(window_chunks(feedback_store, start, end),
+                                          window_rows(feedback_store, start, end, TEXT_COLUMNS),
+                                          workspace.path("datasets"))
+    return describe_dataset(context, built)
 
 
 @dg.asset_check(asset=dpo_dataset, description="No prompt appears in both the train and the eval split.")
@@ -82,12 +88,12 @@ def chat_preference_adapter(context: dg.AssetExecutionContext, config: Preferenc
                       "gold set as the SFT candidate.")
 def chat_preference_evaluation(context: dg.AssetExecutionContext, config: ChatEvaluationConfig,
                                chat_preference_adapter: ChatAdapter, kto_dataset: dict, dpo_dataset: dict,
-                               cleaned_feedback: pd.DataFrame, reward_promotion_decision: ReleaseDecision,
-                               judge: JudgeResource, workspace: WorkspaceResource,
-                               mlflow_tracking: MlflowResource) -> ChatEvaluation:
+                               cleaned_feedback: TableRef, reward_promotion_decision: ReleaseDecision,
+                               judge: JudgeResource, feedback_store: FeedbackStoreResource,
+                               workspace: WorkspaceResource, mlflow_tracking: MlflowResource) -> ChatEvaluation:
     return evaluate_chat_candidate(context, config, chat_preference_adapter, kto_dataset, dpo_dataset,
-                                   cleaned_feedback, reward_promotion_decision.judge, judge, workspace,
-                                   mlflow_tracking)
+                                   cleaned_feedback, reward_promotion_decision.judge, judge, feedback_store,
+                                   workspace, mlflow_tracking)
 
 
 @dg.asset_check(asset=chat_preference_evaluation, blocking=True,

@@ -3,11 +3,9 @@
 ``raw_feedback`` and ``cleaned_feedback`` return a :class:`~feedback_pipeline.store.refs.TableRef`. A downstream
 asset receives the reference to the table as it is now (one aggregate query), so a run that starts later, in
 another process or on another machine, reads the same table; nothing of the rows is written under DAGSTER_HOME.
-A consumer whose input is annotated ``pd.DataFrame`` (assets not yet moved to the reference) receives the window's
-rows read from the table, in memory only.
+Consumers read what they need from the store (aggregates, a bounded sample, chunks, rows by id), never the rows
+handed over as a frame.
 """
-
-from __future__ import annotations
 
 import warnings
 
@@ -31,14 +29,14 @@ class TableRefIOManager(dg.IOManager):
         if not isinstance(obj, TableRef):
             raise TypeError(f"{context.asset_key.to_user_string()} must return a TableRef, got {type(obj).__name__}")
 
-    def load_input(self, context: dg.InputContext):
-        store = self.feedback_store.store()
+    def load_input(self, context: dg.InputContext) -> TableRef:
         name = context.upstream_output.asset_key.path[-1]
-        ref = feedback_ref(store) if name == "raw_feedback" else cleaned_ref(store)
         wanted = getattr(context.dagster_type, "typing_type", None)
         if isinstance(wanted, type) and issubclass(wanted, pd.DataFrame):
-            return ref.read(store)
-        return ref
+            raise TypeError(f"{name} is a table handed over as a TableRef: annotate the input TableRef and read what "
+                            "is needed from the store (store/cleaned.py), never the whole window as a frame")
+        store = self.feedback_store.store()
+        return feedback_ref(store) if name == "raw_feedback" else cleaned_ref(store)
 
 
 @dg.io_manager(required_resource_keys={"feedback_store"},

@@ -29,7 +29,8 @@ from feedback_pipeline.store.tables import to_db_time as _to_db_time
 from feedback_pipeline.store.tables import utc as _utc
 
 __all__ = ["CLEANED", "CLEANED_COLUMNS", "replace_window", "read_cleaned", "day_of", "cleaned_chunks",
-           "label_counts", "analysis_sample", "cleaned_ref", "feedback_ref", "CleaningStage", "read_rejected"]
+           "cleaned_by_ids", "label_counts", "analysis_sample", "cleaned_ref", "feedback_ref", "CleaningStage",
+           "read_rejected"]
 
 _INTS = ("message_index", "prompt_tokens", "completion_tokens", "rating_thumb", "rating_stars", "duplicate_count",
          "pii_redacted")
@@ -130,6 +131,17 @@ def cleaned_chunks(store: FeedbackStore, start: date | None, end: date | None, c
             yield _frame(records, selected)[columns]
             if len(records) < chunk_size:
                 return
+
+
+def cleaned_by_ids(store: FeedbackStore, start: date | None, end: date | None, ids: Iterable[str],
+                   columns: Iterable[str] | None = None, batch: int = 1000) -> Iterator[pd.DataFrame]:
+    """The window's cleaned rows whose id is in ``ids``, ``batch`` ids per query (:func:`cleaned_chunks` with an
+    ``id IN`` clause): a builder fetches the text of just the rows it writes, a batch at a time."""
+    ids = list(dict.fromkeys(str(i) for i in ids))
+    for first in range(0, len(ids), batch):
+        part = ids[first:first + batch]
+        yield from cleaned_chunks(store, start, end, columns, chunk_size=len(part) + 1,
+                                  where=[CLEANED.c.id.in_(part)])
 
 
 # --- aggregates and samples ----------------------------------------------------------------------------------

@@ -2,8 +2,8 @@
 
 ``raw_feedback`` is the ``feedback`` table, ``cleaned_feedback`` the ``cleaned_feedback`` table (all of it, or one
 partition's days). A consumer reads what it needs from the store: SQL aggregates, a bounded stable sample, or rows
-streamed in chunks (``store/cleaned.py``). ``read`` returns a frame for the few consumers that still want one
-(bounded by ``limit``; the whole window without it).
+streamed in chunks (``store/cleaned.py``). ``read`` returns a frame for tests and small exports (bounded by
+``limit``; the whole window without it); no asset receives one.
 """
 
 from __future__ import annotations
