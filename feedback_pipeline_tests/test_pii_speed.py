@@ -2,8 +2,8 @@
 
 Phones: ``find_phones`` parses only the matcher candidates that could hold a phone it keeps, and skips a text
 whose candidates cannot; the reference parses every candidate in every region. Addresses: a pattern is skipped
-when the street-type word it needs, right before a space and a digit, is absent; the reference runs every
-pattern. Compared on real replies (with the large numbers chat traffic carries), on the frozen PII set of ten
+when the street-type word it needs is absent; the reference runs every pattern. National ids: the scan for cued
+codes is skipped when no id cue word is in the text. Compared on real replies (with the large numbers chat traffic carries), on the frozen PII set of ten
 locales and on hand-made phone edge cases.
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from feedback_pipeline.cleaning.pii_names import find_addresses
-from feedback_pipeline.cleaning.pii_numbers import find_phones
+from feedback_pipeline.cleaning.pii_numbers import find_national_ids, find_phones
 
 from .conftest import OASST1
 
@@ -56,3 +56,12 @@ def test_address_prefilter_finds_what_every_pattern_finds(texts):
     differ = [t for t in texts if list(find_addresses(t)) != list(find_addresses(t, prefilter=False))]
     assert not differ, differ[:3]
     assert sum(bool(list(find_addresses(t))) for t in texts) > 50
+
+
+def test_national_id_cue_prefilter_finds_what_the_token_scan_finds(texts):
+    cued = ["SSN: 123-45-6789", "my social security no.123456789", "PESEL 44051401359", "tax id is AB123456",
+            "national identity number: X1234567L", "Steuer-ID #12345678901", "hetu 131052-308T", "tin:ZX99887766"]
+    differ = [t for t in texts + cued
+              if list(find_national_ids(t)) != list(find_national_ids(t, prefilter=False))]
+    assert not differ, differ[:3]
+    assert all(list(find_national_ids(t)) for t in cued)

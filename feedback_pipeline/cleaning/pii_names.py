@@ -185,15 +185,33 @@ def _plausible(value: str) -> bool:
 _LEADING_PROSE = re.compile(r"[^\W\d_]+[ \-]")
 
 
-# What each pattern cannot match without (a street-type word right before a space and a digit), found fast: the
-# compound pattern tries every ending at every letter of every word, most of the cost of address detection.
-_NEEDS = (None, None, None, re.compile(rf"(?:{_SUFFIX_WORDS})\s\d"), re.compile(rf"(?i:{_COMPOUND_ENDINGS})\s\d"))
+class _EndsBeforeDigit:
+    """Whether some ``words`` ending right before a space and a digit occurs: the digits are looked up first (few),
+    then the word ending there (a big alternation tried at every letter of a text is what costs)."""
+
+    _SPACE_DIGIT = re.compile(r"\s\d")
+
+    def __init__(self, words: str, flags: str = ""):
+        self.ending = re.compile(rf"(?{flags}:{words})$" if flags else rf"(?:{words})$")
+
+    def search(self, text: str) -> bool:
+        return any(self.ending.search(text, max(0, m.start() - 16), m.start())
+                   for m in self._SPACE_DIGIT.finditer(text))
+
+
+# What each pattern cannot match without, found fast: a street-type word before a space (the three prefix
+# patterns), a suffix word or a compound ending right before a space and a digit (the other two).
+_PREFIX_CUE = re.compile(rf"(?<![\w])(?i:{_PREFIX_TYPES})\s")
+_NEEDS = (_PREFIX_CUE, _PREFIX_CUE, _PREFIX_CUE, _EndsBeforeDigit(_SUFFIX_WORDS), _EndsBeforeDigit(_COMPOUND_ENDINGS, "i"))
 
 
 def find_addresses(text: str, prefilter: bool = True) -> Iterator[Span]:
     """Address spans; ``prefilter=False`` runs every pattern (the reference the fast path is tested against)."""
+    cues: dict = {}  # one search per cue pattern and text
     for pattern, needs in zip(_ADDRESS_PATTERNS, _NEEDS):
-        if prefilter and needs is not None and not needs.search(text):
+        if prefilter and needs not in cues:
+            cues[needs] = bool(needs.search(text))
+        if prefilter and not cues[needs]:
             continue
         for m in pattern.finditer(text):
             start, end = m.start(), m.end() - (text[m.end() - 1] in ".,")

@@ -217,10 +217,23 @@ def find_ibans(text: str) -> Iterator[Span]:
 
 # --- national ids --------------------------------------------------------------------------------------------
 
-_ID_CUE = re.compile(
-    r"(?i)\b(?:ssn|social security(?: number| no\.?)?|national id(?:entity)?(?: number)?|id number|tax id|tin|"
+_ID_CUE_WORDS = (
+    r"(?:ssn|social security(?: number| no\.?)?|national id(?:entity)?(?: number)?|id number|tax id|tin|"
     r"pesel|nir|bsn|dni|nie|nif|hetu|henkilötunnus|personnummer|cpr|codice fiscale|rodné číslo|"
-    r"taj(?:[ \-]szám)?|személyi azonosító|sozialversicherungsnummer|steuer-?id|insee)\s*(?:is|:|#|no\.?)?\s*$")
+    r"taj(?:[ \-]szám)?|személyi azonosító|sozialversicherungsnummer|steuer-?id|insee)")
+_ID_CUE = re.compile(rf"(?i)\b{_ID_CUE_WORDS}\s*(?:is|:|#|no\.?)?\s*$")
+# What a cued code cannot do without: the start of a cue word, anywhere in the text, found by substring search on
+# the lowercased text (a regex alternation tried at every letter costs ten times more). The translation first
+# folds the letters that ``(?i)`` matches to i or s but ``str.lower`` does not (dotted and dotless I, long s).
+_ID_CUE_STEMS = ("ssn", "social security", "national id", "id number", "tax id", "tin", "pesel", "nir", "bsn", "dni",
+                 "nie", "nif", "hetu", "henkilötunnus", "personnummer", "cpr", "codice fiscale", "rodné číslo", "taj",
+                 "személyi azonosító", "sozialversicherungsnummer", "steuer", "insee")
+_CASE_FOLD = str.maketrans({"İ": "i", "ı": "i", "ſ": "s"})
+
+
+def _has_id_cue(text: str) -> bool:
+    folded = text.translate(_CASE_FOLD).lower()
+    return any(stem in folded for stem in _ID_CUE_STEMS)
 # a code holding a digit; its groups join by "-", "/", "." or by a space before a digit ("12 345 678 A" stops)
 _ID_TOKEN = re.compile(r"(?<![\w])(?=[A-Za-z]*\d)[A-Za-z0-9]+(?:[\-/.][A-Za-z0-9]+|[ ](?=\d)[A-Za-z0-9]+)*")
 _SHAPES = (
@@ -238,11 +251,14 @@ _SHAPES = (
 )
 
 
-def find_national_ids(text: str) -> Iterator[Span]:
+def find_national_ids(text: str, prefilter: bool = True) -> Iterator[Span]:
+    """National id spans; ``prefilter=False`` scans for cued codes in every text (the tested reference)."""
     for pattern, valid in _SHAPES:
         for m in pattern.finditer(text):
             if valid(m.group()) and not _after_other_cue(text, m.start()):
                 yield "ssn", m.start(), m.end()
+    if prefilter and not _has_id_cue(text):
+        return
     for m in _ID_TOKEN.finditer(text):
         if 6 <= sum(ch.isalnum() for ch in m.group()) <= 20 and _ID_CUE.search(text[max(0, m.start() - 40):m.start()]):
             yield "ssn", m.start(), m.end()

@@ -18,6 +18,7 @@ the datasets. Defaults (all overridable in ``spam_signals``):
 
 from __future__ import annotations
 
+import functools
 import re
 
 import numpy as np
@@ -33,15 +34,19 @@ _VOWELLESS = re.compile(r"^[b-df-hj-np-tv-xz]{7,}$")  # Latin consonants only (y
 _STUTTER = re.compile(r"^(.{1,3}?)\1{3,}$")  # a 1-3 character unit typed 4+ times: "sdfsdfsdfsdf", "lolololo"
 
 
+@functools.lru_cache(maxsize=65536)  # pure, and words repeat: "the" is checked once per process
 def _mash_letters(token: str) -> int:
     """How many letters of ``token`` look typed without meaning (0 when it reads as a word)."""
+    if len(token) < 4:
+        return 0  # too short for a keyboard run or a stutter; the vowel-less rule needs 7
     if _VOWELLESS.match(token) or _STUTTER.match(token):
         return len(token)
-    covered = np.zeros(len(token), dtype=bool)
+    covered = reach = 0  # letters inside some keyboard run (runs start left to right, so one reach suffices)
     for i in range(len(token) - 3):
         if token[i:i + 4] in _KEY_RUNS:
-            covered[i:i + 4] = True
-    return len(token) if covered.sum() * 2 > len(token) else 0
+            covered += i + 4 - max(i, reach)
+            reach = i + 4
+    return len(token) if covered * 2 > len(token) else 0
 
 
 def garbage_kind(text: object) -> str | None:
