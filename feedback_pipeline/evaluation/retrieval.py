@@ -17,6 +17,7 @@ import time
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+from scipy import stats
 
 
 def ndcg_at_k(ranked: Sequence[str], relevant: Mapping[str, float], k: int = 10) -> float:
@@ -97,16 +98,20 @@ def evaluate_retrieval(model, queries: Mapping[str, str], corpus: Mapping[str, s
 
 def paired_bootstrap_ci(a: Sequence[float], b: Sequence[float], n: int = 1000, seed: int = 0,
                         confidence: float = 0.95) -> dict:
-    """Percentile bootstrap CI of mean(b - a) over paired per-query scores (queries resampled with replacement).
+    """Percentile bootstrap CI of mean(b - a) over paired per-query scores (``scipy.stats.bootstrap``: queries
+    resampled with replacement).
 
     ``p_not_better`` is the share of resamples where b does not beat a (a one-sided bootstrap p-value)."""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if a.shape != b.shape or a.ndim != 1 or not len(a):
         raise ValueError("a and b must be non-empty 1-d sequences of the same length (paired per query)")
     diff = b - a
-    rng = np.random.default_rng(seed)
-    means = diff[rng.integers(0, len(diff), size=(n, len(diff)))].mean(axis=1)
-    tail = (1.0 - confidence) / 2
-    return {"mean_diff": float(diff.mean()), "ci_low": float(np.quantile(means, tail)),
-            "ci_high": float(np.quantile(means, 1 - tail)), "confidence": confidence, "n_resamples": n,
-            "p_not_better": float((means <= 0).mean())}
+    if np.ptp(diff) == 0:  # every resample has the same mean (scipy needs two distinct values)
+        means = np.full(n, diff.mean())
+        low = high = float(diff.mean())
+    else:
+        res = stats.bootstrap((diff,), np.mean, vectorized=True, n_resamples=n, confidence_level=confidence,
+                              method="percentile", rng=np.random.default_rng(seed))
+        means, low, high = res.bootstrap_distribution, res.confidence_interval.low, res.confidence_interval.high
+    return {"mean_diff": float(diff.mean()), "ci_low": float(low), "ci_high": float(high), "confidence": confidence,
+            "n_resamples": n, "p_not_better": float((means <= 0).mean())}
