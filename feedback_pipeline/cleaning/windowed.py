@@ -83,7 +83,7 @@ def _ns(values: pd.Series) -> pd.Series:
 
 def finish_chunk(chunk: pd.DataFrame, duplicates: dict[str, int]) -> tuple[pd.DataFrame, Counter]:
     """Step 3 on one chunk of raw rows: the kept ones (ids in ``duplicates``, their duplicate_count) normalised,
-    redacted and labelled, with the signal columns. Pure (runs in worker processes)."""
+    redacted and labelled, with the signal columns. Pure."""
     work = _normalise_frame(chunk.reset_index(drop=True))
     kept = work[work["id"].isin(duplicates.keys())].copy()
     kept["duplicate_count"] = kept["id"].map(duplicates).astype("int64")
@@ -105,8 +105,20 @@ def finish_chunk(chunk: pd.DataFrame, duplicates: dict[str, int]) -> tuple[pd.Da
     return kept, by_kind
 
 
+def finish_rows(chunk: pd.DataFrame, duplicates: dict[str, int], dialect: str, now: datetime) -> tuple[list, Counter]:
+    """``finish_chunk`` as the rows the staging table takes (plain values, database times): in worker processes
+    the conversion runs there too, so the parent only reads, stages and writes."""
+    frame, by_kind = finish_chunk(chunk, duplicates)
+    rows = []
+    for record in frame.assign(spam_reason=None, exclude_from_training=False).to_dict("records"):
+        row = cleaned_row(record, dialect, now)
+        row.update({name: _plain(record[name], name in _INT_SIGNALS) for name in SIGNAL_COLUMNS})
+        rows.append(row)
+    return rows, by_kind
+
+
 class _Pool:
-    """``finish_chunk`` in this process (workers <= 1) or in worker processes, results in submission order, at
+    """``finish_rows`` in this process (workers <= 1) or in worker processes, results in submission order, at
     most ``workers + 1`` chunks in flight (memory stays bounded)."""
 
     def __init__(self, workers: int):
@@ -116,15 +128,15 @@ class _Pool:
         self.limit = workers + 1
         self.pending: list[Future | tuple] = []
 
-    def submit(self, chunk: pd.DataFrame, duplicates: dict[str, int]) -> Iterator[tuple[pd.DataFrame, Counter]]:
+    def submit(self, *args) -> Iterator[tuple[list, Counter]]:
         if self.executor is None:
-            yield finish_chunk(chunk, duplicates)
+            yield finish_rows(*args)
             return
-        self.pending.append(self.executor.submit(finish_chunk, chunk, duplicates))
+        self.pending.append(self.executor.submit(finish_rows, *args))
         while len(self.pending) >= self.limit:
             yield self.pending.pop(0).result()
 
-    def drain(self) -> Iterator[tuple[pd.DataFrame, Counter]]:
+    def drain(self) -> Iterator[tuple[list, Counter]]:
         while self.pending:
             yield self.pending.pop(0).result()
 
@@ -163,20 +175,15 @@ def clean_window(store: FeedbackStore, start: date | None, end: date | None, chu
             # 3. finish
             now = datetime.now(timezone.utc)
 
-            def store_rows(done: tuple[pd.DataFrame, Counter]) -> None:
-                frame, kinds = done
+            def store_rows(done: tuple[list, Counter]) -> None:
+                rows, kinds = done
                 by_kind.update(kinds)
-                rows = []
-                for record in frame.assign(spam_reason=None, exclude_from_training=False).to_dict("records"):
-                    row = cleaned_row(record, store.dialect, now)
-                    row.update({name: _plain(record[name], name in _INT_SIGNALS) for name in SIGNAL_COLUMNS})
-                    rows.append(row)
                 stage.add_cleaned(rows)
 
             for chunk in store.chunks(conn, low, high, chunk_size):
                 duplicates = stage.winners(chunk["id"].tolist())
                 if duplicates:
-                    for done in pool.submit(chunk, duplicates):
+                    for done in pool.submit(chunk, duplicates, store.dialect, now):
                         store_rows(done)
             for done in pool.drain():
                 store_rows(done)
