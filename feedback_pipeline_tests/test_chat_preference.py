@@ -362,6 +362,20 @@ def test_dpo_resumes_from_last_complete_checkpoint(dpo_run):
     assert last_complete_checkpoint(second.adapter_dir).name == "checkpoint-3"
 
 
+def test_resuming_a_finished_run_trains_no_further(dpo_run):
+    """A finished run asked to resume (a retried materialization) keeps its weights and its 3 steps."""
+    from feedback_pipeline.training.chat_preference import main
+
+    finished = _lora_state(Path(dpo_run.second.adapter_dir))
+    lines: list[str] = []
+    again = main(PreferenceConfig(**dpo_run.common, resume=True), log=lines.append)
+    assert again.steps == 3 and [s for s, _ in again.loss_history] == [1, 2, 3]
+    assert again.loss_history == dpo_run.second.loss_history  # restored from the checkpoint, not retrained
+    kept = _lora_state(Path(again.adapter_dir))
+    assert kept.keys() == finished.keys() and all(torch.equal(kept[k], finished[k]) for k in kept)
+    assert any("already finished" in line for line in lines)
+
+
 def test_resume_guards(dpo_run):
     from feedback_pipeline.training.chat_preference import main
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import TrainerCallback
+from transformers import TrainerCallback, TrainerState
 
 from feedback_pipeline.training.checkpoints import TRAINING_CONFIG_NAME
 
@@ -279,20 +279,42 @@ class TrainOutcome:
     weights_changed: bool
 
 
+def _finished_state(trainer: Any, checkpoint: Path) -> TrainerState | None:
+    """The checkpoint's trainer state when it reached the run's planned end (max_steps, else the epochs)."""
+    state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
+    args = trainer.args
+    done = state.global_step >= args.max_steps if args.max_steps > 0 else (state.epoch or 0) >= args.num_train_epochs
+    return state if done else None
+
+
 def train(trainer: Any, weights: TrainableWeights, resume_from: Path | None = None,
           log: Log | None = None) -> TrainOutcome:
-    """``trainer.train()`` (from ``resume_from`` when given); raises when a logged loss is not finite."""
-    if resume_from is not None:
-        (log or logger.info)(f"resuming from {resume_from}")
-    output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    """``trainer.train()`` (from ``resume_from`` when given); raises when a logged loss is not finite.
+
+    A checkpoint that already reached the planned end (a retried run after the last checkpoint was written) is
+    loaded and not trained further: ``Trainer.train`` would run one more step at the finished schedule's learning
+    rate of 0 and count it."""
+    say = log or logger.info
+    runtime = training_loss = float("nan")
+    finished = _finished_state(trainer, resume_from) if resume_from is not None else None
+    if finished is not None:
+        say(f"{resume_from} already finished at step {finished.global_step}: loading it, nothing left to train")
+        trainer._load_from_checkpoint(str(resume_from))  # what train() does on resume; weights only
+        trainer.state = finished
+        runtime = 0.0
+    else:
+        if resume_from is not None:
+            say(f"resuming from {resume_from}")
+        output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        runtime = float(output.metrics.get("train_runtime", float("nan")))
+        training_loss = float(output.training_loss)
     losses, evals = logged(trainer, "loss"), logged(trainer, "eval_loss")
-    final = losses[-1][1] if losses else float(output.training_loss)
+    final = losses[-1][1] if losses else training_loss
     bad = [(s, v) for s, v in losses + evals if not math.isfinite(v)]
     if bad or not math.isfinite(final):
         raise FloatingPointError(f"loss is not finite: {bad or final}")
     return TrainOutcome(loss_history=losses, eval_history=evals, final_train_loss=final,
-                        steps=int(trainer.state.global_step),
-                        train_runtime_s=float(output.metrics.get("train_runtime", float("nan"))),
+                        steps=int(trainer.state.global_step), train_runtime_s=runtime,
                         trainable_params=weights.count, weights_changed=weights.changed(trainer.model))
 
 
