@@ -442,9 +442,10 @@ ROWS = [  # (step, key, label, format)
     ("select_day", "rows_s", "one day: plain SELECT (rows/s)", "{:,.0f}"),
     ("clean_day", "rows_s", "one day: cleaning, 2 processes (rows/s)", "{:,.1f}"),
     ("clean_day_plain", "rows_s", "one day: cleaning without PII detection, 1 process (rows/s)", "{:,.0f}"),
-    ("backfill", "rows_in", "30-day backfill: rows", "{:,.0f}"),
-    ("backfill", "seconds", "30-day backfill (s)", "{:,.0f}"),
-    ("backfill", "rows_s", "30-day backfill (rows/s)", "{:,.1f}"),
+    ("backfill", "days", "backfill: days (--backfill-days)", "{:,.0f}"),
+    ("backfill", "rows_in", "backfill: rows", "{:,.0f}"),
+    ("backfill", "seconds", "backfill (s)", "{:,.0f}"),
+    ("backfill", "rows_s", "backfill (rows/s)", "{:,.1f}"),
     ("quality", "cleaned_rows", "quality report: cleaned rows", "{:,.0f}"),
     ("quality", "sql_group_by_s", "quality report: SQL group-bys (s)", "{:.1f}"),
     ("quality", "seconds", "quality report: total (s)", "{:.1f}"),
@@ -468,7 +469,12 @@ def write_report() -> None:
 
     def value(run: dict, step: str, key: str):
         found = run.get(step, {})
-        return None if not isinstance(found, dict) or "error" in found else found.get(key)
+        if not isinstance(found, dict) or "error" in found:
+            return None
+        if key == "days" and "window" in found:  # "2026-08-30 .. 2026-09-02"
+            first, _, last = found["window"].partition(" .. ")
+            return (date.fromisoformat(last) - date.fromisoformat(first)).days
+        return found.get(key)
 
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     rows = list(ROWS) + [(step, "peak_rss_mb", f"peak RSS: {step} (MB)", "{:,.0f}") for step in RSS_STEPS]
