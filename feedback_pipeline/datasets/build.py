@@ -47,7 +47,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from feedback_pipeline.datasets.splits import assign_split, users_on_both_sides
+from feedback_pipeline.datasets.splits import SplitGroups, assign_split, users_on_both_sides
 
 TiePolicy = Literal["drop", "neutral"]
 
@@ -175,6 +175,8 @@ def aggregate_answers(rows: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]
     if rows.empty:
         return rows.assign(feedback_ids=pd.Series(dtype=object), raters=pd.Series(dtype="int64")), stats
     order = [c for c in ("updated_at", "ingested_at", "created_at") if c in rows] + ["id"]
+    if all(c in rows for c in ("_answer", "_rater", "v_up", "v_down", "v_neutral", "rating")):
+        return _aggregate_counted(rows, order, stats)
     # The streaming builder passes the keys already computed (``_answer`` then holds a digest of the key).
     keyed = rows.assign(_answer=rows["_answer"] if "_answer" in rows else
                         [answer_key(r) for r in rows.itertuples(index=False)],
@@ -207,6 +209,72 @@ def aggregate_answers(rows: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]
     out = pd.DataFrame(answers).drop(columns=["_answer", "_rater", "_counted"])
     stats["answers"] = len(out)
     stats["merged_duplicates"] = len(keyed) - len(out)
+    return out, stats
+
+
+def _aggregate_counted(rows: pd.DataFrame, order: list[str], stats: dict[str, int]) -> tuple[pd.DataFrame, dict]:
+    """:func:`aggregate_answers` of rows that carry their keys and votes (``_answer``, ``_rater``, ``v_up`` ...,
+    as the streaming builders pass them), in arrays: the same answers, columns and counts without a frame per
+    answer. An answer of one row (the usual case) is computed at once; answers of several rows one by one, as
+    :func:`aggregate_answers` does."""
+    perm = rows[order].reset_index(drop=True).sort_values(order, na_position="first", kind="stable").index.to_numpy()
+
+    def column(name: str, dtype=None) -> np.ndarray:  # in the order above, without copying the frame
+        return rows[name].to_numpy(dtype)[perm]
+
+    answer = column("_answer")
+    counted = ~pd.DataFrame({"a": answer, "r": column("_rater")}).duplicated(keep="last").to_numpy()
+    stats["repeat_votes_dropped"] = int((~counted).sum())
+    answer_code, _ = pd.factorize(answer, sort=True)  # groupby's order; -1: no key, no answer
+    ids = column("id")
+    id_code, _ = pd.factorize(ids, sort=True)
+    seq = np.lexsort((id_code, answer_code))  # stable: by answer, then id, then the order above
+    seq = seq[answer_code[seq] >= 0]
+    codes = answer_code[seq]
+    starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]]) if len(seq) else np.zeros(0, int)
+    sizes = np.diff(np.r_[starts, len(seq)])
+    first = seq[starts]
+    n_row = column("v_up", np.int64) + column("v_down", np.int64) + column("v_neutral", np.int64)
+    votes = [np.add.reduceat(np.where(counted, column(c, np.int64), 0)[seq], starts) if len(seq)
+             else np.zeros(0, np.int64) for c in ("v_up", "v_down", "v_neutral")]
+    up, down, neutral = votes
+    raters = up + down + neutral
+    rating = column("rating", float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        single = rating[first] * n_row[first] / n_row[first]
+        net = np.where(raters > 0, (up - down) / np.where(raters > 0, raters, 1), np.nan)
+        agreement = np.where(raters > 0, np.maximum(np.maximum(up, down), neutral) / np.where(raters > 0, raters, 1),
+                             np.nan)
+    out_rating = np.where(counted[first] & (n_row[first] > 0) & ~np.isnan(rating[first]), single, np.nan)
+    feedback_ids = [[str(ids[i])] for i in first]
+    split = column("split") if "split" in rows else None
+    times = rows["created_at"] if "created_at" in rows else None
+    newest = {}
+    for k in np.flatnonzero(sizes > 1).tolist():
+        members = seq[starts[k]:starts[k] + sizes[k]]
+        if split is not None and pd.Series(split[members]).nunique() > 1:
+            raise AssertionError(f"answer {ids[members[0]]} straddles the split")
+        weighted = [(float(rating[i]), int(n_row[i])) for i in members
+                    if counted[i] and n_row[i] and rating[i] == rating[i]]
+        out_rating[k] = (sum(r * n for r, n in weighted) / sum(n for _, n in weighted) if weighted
+                         else float("nan"))
+        feedback_ids[k] = sorted(str(i) for i in ids[members])
+        if times is not None:
+            newest[k] = times.iloc[perm[members]].max()
+    label = [label_of_votes(u, d) for u, d in zip(up.tolist(), down.tolist())]
+    out = rows.iloc[perm[first]].reset_index(drop=True).assign(
+        feedback_ids=feedback_ids, votes_up=up, votes_down=down, votes_neutral=neutral, raters=raters,
+        net_vote=net, agreement=agreement, rating=out_rating, label=label)
+    if newest:
+        created = out["created_at"].copy()
+        for k, value in newest.items():
+            created.iat[k] = value
+        out["created_at"] = created
+    out = out.drop(columns=["_answer", "_rater"])
+    stats["ties"] = label.count("tie")
+    stats["answers_rated_both_ways"] = int(((up > 0) & (down > 0)).sum())
+    stats["answers"] = len(out)
+    stats["merged_duplicates"] = len(rows) - len(out)
     return out, stats
 
 
@@ -433,19 +501,34 @@ def _digest(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
 
 
+def _answer_digest(key: str) -> bytes:
+    """An answer's identity in pass 1: the sha256 of its key, as bytes (ordered as :func:`_digest`'s hex)."""
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()
+
+
 def _scan_rows(chunks: Chunks, eval_fraction: float, by_user: bool, answered: tuple[str, ...] | None = _LABELLED,
                extra: Callable[[pd.DataFrame], dict[str, list]] | None = None) -> tuple[pd.DataFrame, str | None]:
     """Pass 1 over the stream: per usable row only what the split and the merge into answers need (ids, users,
-    sessions, the query for the split, a digest of the answer key of rows labelled ``answered`` (None: every
-    row), the rater, the votes, times, plus the columns ``extra(usable chunk)`` computes), then the split over
-    every usable row as :func:`split_rows` computes it. Returns those rows (no text) and the data watermark."""
-    parts, newest, position = [], None, 0
+    a digest of the answer key of rows labelled ``answered`` (None: every row), the rater, the votes, times,
+    plus the columns ``extra(usable chunk)`` computes), then the split over every usable row as
+    :func:`split_rows` computes it (its groups fed a chunk at a time: no query kept). Returns those rows (no text)
+    and the data watermark. Repeated strings (users, raters, labels) are held once."""
+    parts, newest, position, groups, shared = [], None, 0, SplitGroups(), {}
+
+    def once(values) -> list:
+        return [shared.setdefault(v, v) if isinstance(v, str) else v for v in values]
+
     for chunk in chunks():
         if "ingested_at" in chunk and chunk["ingested_at"].notna().any():
             top = pd.Timestamp(chunk["ingested_at"].max())
             newest = top if newest is None else max(newest, top)
         usable = usable_rows(chunk)
-        meta = usable[[c for c in _KEEP if c in usable]].copy()
+        if len(usable):
+            groups.add(usable)
+        meta = usable[[c for c in _KEEP if c in usable and c not in ("session_id", "query")]].copy()
+        for name in ("user_id", "label"):
+            if name in meta:
+                meta[name] = once(meta[name])
         meta["stream_pos"] = np.arange(position, position + len(usable))
         position += len(usable)
         if answered is None:
@@ -454,18 +537,21 @@ def _scan_rows(chunks: Chunks, eval_fraction: float, by_user: bool, answered: tu
             keyed = usable["label"].isin(answered).to_numpy()
         else:
             keyed = np.zeros(len(usable), bool)
-        meta["_answer"] = [_digest(answer_key(r)) if ok else None
+        meta["_answer"] = [_answer_digest(answer_key(r)) if ok else None
                            for r, ok in zip(usable.itertuples(index=False), keyed)]
-        meta["_rater"] = _rater_keys(usable) if len(usable) else pd.Series(dtype=object)
-        votes = [_votes(r) for r in usable.itertuples(index=False)]
+        meta["_rater"] = once(_rater_keys(usable)) if len(usable) else pd.Series(dtype=object)
+        votes = np.array([_votes(r) for r in usable.itertuples(index=False)], dtype=np.int64).reshape(-1, 3)
         for i, name in enumerate(("v_up", "v_down", "v_neutral")):
-            meta[name] = [v[i] for v in votes]
+            meta[name] = votes[:, i]
         for name, values in (extra(usable) if extra else {}).items():
             meta[name] = values
         parts.append(meta)
-    rows = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=[*_KEEP, "stream_pos"])
-    rows = rows.assign(split=assign_split(rows, eval_fraction, by_user=by_user) if len(rows)
-                       else pd.Series(dtype=str)).drop(columns=["query"])
+    if not parts:
+        return pd.DataFrame(columns=[*_KEEP, "stream_pos"]).assign(split=pd.Series(dtype=str)).drop(
+            columns=["query"]), None
+    rows = pd.concat(parts, ignore_index=True)
+    del parts
+    rows["split"] = groups.sides(eval_fraction, by_user=by_user) if len(rows) else pd.Series(dtype=str)
     return rows, newest.isoformat() if newest is not None else None
 
 
@@ -474,20 +560,30 @@ def _scan(chunks: Chunks, eval_fraction: float, by_user: bool) -> _Answers:
     fields per row, no answer text."""
     rows, watermark = _scan_rows(chunks, eval_fraction, by_user)
     rated = rows[rows["label"].isin(_LABELLED)] if "label" in rows else rows.iloc[:0]
+    del rows  # the rated rows are a copy
     answers, aggregation = aggregate_answers(rated)
     if len(answers):
         answers = answers.sort_values("stream_pos", kind="stable", ignore_index=True)
-    trained = rated[rated["label"].isin(["liked", "disliked"])]
+    slim = [c for c in ("user_id", "created_at", "split") if c in rated]  # what split stats and recency read
+    trained = rated.loc[rated["label"].isin(["liked", "disliked"]).to_numpy(), slim]
     return _Answers(trained, answers, aggregation, watermark)
 
 
-def _emit(chunks: Chunks, wanted: dict[str, object], write: Callable[[object, object], None]) -> None:
-    """Pass 2: stream the rows again and hand each answer's first row (its text) with the answer to ``write``,
-    in stream order."""
+def _emit(chunks: Chunks, wanted: pd.DataFrame, write: Callable[[object, object], None]) -> None:
+    """Pass 2: stream the rows again and hand each wanted answer's first row (its text) with the answer (a row of
+    ``wanted``, looked up by id) to ``write``, in stream order."""
+    ids = pd.Index(wanted["id"].astype(str).to_numpy(), dtype=object)
+    if not ids.is_unique:  # as a dict by id would: the last answer of an id
+        keep = ~ids.duplicated(keep="last")
+        wanted, ids = wanted[keep], ids[keep]
     for chunk in chunks():
-        hits = chunk[chunk["id"].astype(str).isin(wanted.keys())]
-        for row in hits.itertuples(index=False):
-            write(row, wanted[str(row.id)])
+        where = ids.get_indexer(chunk["id"].astype(str).to_numpy())
+        hits = np.flatnonzero(where >= 0)
+        if not len(hits):
+            continue
+        rows = chunk.iloc[hits].itertuples(index=False)
+        for row, answer in zip(rows, wanted.iloc[where[hits]].itertuples(index=False)):
+            write(row, answer)
 
 
 def _stream_sft(chunks: Chunks, root: Path, policy: SFTPolicy, name: str) -> BuiltDataset:
@@ -495,7 +591,7 @@ def _stream_sft(chunks: Chunks, root: Path, policy: SFTPolicy, name: str) -> Bui
     newest = _newest(scanned.rows)
     teach = ("liked", "disliked") if policy.include_disliked else ("liked",)
     answers = scanned.answers
-    wanted = {str(a.id): a for a in answers.itertuples(index=False) if a.label in teach} if len(answers) else {}
+    wanted = answers[answers["label"].isin(teach)] if len(answers) else answers.assign(id=pd.Series(dtype=object))
     writer, train_weights = DatasetWriter(root, name), []
 
     def write(row, answer) -> None:
@@ -525,7 +621,7 @@ def _stream_kto(chunks: Chunks, root: Path, eval_fraction: float, min_train_exam
     scanned = _scan(chunks, eval_fraction, split_by_user)
     keep = ("liked", "disliked", "tie") if tie_policy == "neutral" else ("liked", "disliked")
     answers = scanned.answers
-    wanted = {str(a.id): a for a in answers.itertuples(index=False) if a.label in keep} if len(answers) else {}
+    wanted = answers[answers["label"].isin(keep)] if len(answers) else answers.assign(id=pd.Series(dtype=object))
     splits = ("train", "eval", "neutral") if tie_policy == "neutral" else ("train", "eval")
     writer, ties = DatasetWriter(root, name, splits), 0
 

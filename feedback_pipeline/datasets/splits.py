@@ -19,28 +19,111 @@ The side is chosen by hashing the group's smallest key, so a row keeps its side 
 from __future__ import annotations
 
 import hashlib
+from array import array
 
+import numpy as np
 import pandas as pd
 
 
-class _UnionFind:
+class SplitGroups:
+    """:func:`leakage_groups` fed a chunk of rows at a time, holding integers per row and the smallest key of each
+    group, not the keys: a query's text is kept only while it is its group's smallest key (a group's side is the
+    hash of that key; union-find roots were always their group's smallest key, and every group holds a query).
+
+    Rows are ``add``-ed in order; ``groups()`` and ``sides()`` answer per row in that order."""
+
     def __init__(self):
-        self.parent: dict[str, str] = {}
-        self.size: dict[str, int] = {}
+        self._node: dict[bytes, int] = {}  # digest of a conversation / query key -> node
+        self._parent = array("q")
+        self._size = array("q")  # rows per root
+        self._least: dict[int, str] = {}  # root -> its group's smallest key
+        self._row_node = array("q")  # per row: its conversation's node
+        self._row_user = array("q")  # per row: its user's code, -1 without one
+        self._users: dict[str, int] = {}
+        self.has_user = False
+        self._joined = False
 
-    def find(self, key: str) -> str:
-        self.parent.setdefault(key, key)
-        while self.parent[key] != key:
-            self.parent[key] = self.parent[self.parent[key]]
-            key = self.parent[key]
-        return key
+    def __len__(self) -> int:
+        return len(self._row_node)
 
-    def union(self, a: str, b: str) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            keep, gone = min(ra, rb), max(ra, rb)
-            self.parent[gone] = keep
-            self.size[keep] = self.size.get(keep, 0) + self.size.pop(gone, 0)
+    def _find(self, node: int) -> int:
+        parent = self._parent
+        while parent[node] != node:
+            parent[node] = parent[parent[node]]
+            node = parent[node]
+        return node
+
+    def _union(self, a: int, b: int) -> int:
+        ra, rb = self._find(a), self._find(b)
+        if ra == rb:
+            return ra
+        keep, gone = (ra, rb) if self._least[ra] <= self._least[rb] else (rb, ra)
+        self._parent[gone] = keep
+        self._size[keep] += self._size[gone]
+        self._least[keep] = min(self._least[keep], self._least.pop(gone))
+        return keep
+
+    def _key_node(self, key: str) -> int:
+        digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()[:16]
+        node = self._node.get(digest)
+        if node is None:
+            node = self._node[digest] = len(self._parent)
+            self._parent.append(node)
+            self._size.append(0)
+            self._least[node] = key
+        return node
+
+    def add(self, df: pd.DataFrame) -> None:
+        """The next rows (``id``, ``session_id``, ``query`` and, when there, ``user_id``)."""
+        users = df["user_id"].tolist() if "user_id" in df else [None] * len(df)
+        self.has_user = self.has_user or "user_id" in df
+        sessions = df["session_id"] if "session_id" in df else [None] * len(df)
+        for row_id, session, query, user in zip(df["id"], sessions, df["query"], users):
+            conversation = f"s:{session}" if isinstance(session, str) and session else f"r:{row_id}"
+            node = self._key_node(conversation)
+            root = self._union(node, self._key_node(_query_key(query)))
+            self._size[root] += 1
+            self._row_node.append(node)
+            user = _user(user)
+            self._row_user.append(-1 if user is None else self._users.setdefault(user, len(self._users)))
+
+    def _join_users(self, max_group_share: float) -> None:
+        if self._joined or not self.has_user or not len(self):
+            return
+        self._joined = True  # users join once, after every row is in
+        limit = max(1, int(max_group_share * len(self)))
+        codes = np.frombuffer(self._row_user, dtype=np.int64)
+        nodes = np.frombuffer(self._row_node, dtype=np.int64)
+        has = codes >= 0
+        if not has.any():
+            return
+        order = np.argsort(codes[has], kind="stable")
+        user_codes, user_nodes = codes[has][order], nodes[has][order]
+        starts = np.flatnonzero(np.r_[True, user_codes[1:] != user_codes[:-1]])
+        bounds = dict(zip(user_codes[starts].tolist(), zip(starts.tolist(), np.r_[starts[1:], len(user_codes)].tolist())))
+        names = {code: user for user, code in self._users.items()}
+        for code in sorted(bounds, key=lambda c: (bounds[c][1] - bounds[c][0], names[c])):  # smallest first, by name
+            low, high = bounds[code]
+            roots = {self._find(n) for n in dict.fromkeys(user_nodes[low:high].tolist())}
+            if len(roots) > 1 and sum(self._size[r] for r in roots) <= limit:
+                first, *rest = roots
+                for other in rest:
+                    first = self._union(first, other)
+
+    def groups(self, by_user: bool = True, max_group_share: float = 0.01) -> list[str]:
+        """Per row, its group's smallest key (what :func:`leakage_groups` returns)."""
+        if by_user:
+            self._join_users(max_group_share)
+        return [self._least[self._find(n)] for n in self._row_node]
+
+    def sides(self, eval_fraction: float, seed: str = "feedback-split-v1", by_user: bool = True,
+              max_group_share: float = 0.01) -> np.ndarray:
+        """Per row, 'train' or 'eval' (what :func:`assign_split` returns), each group's side hashed once."""
+        _check_fraction(eval_fraction)
+        if by_user:
+            self._join_users(max_group_share)
+        side = {root: _side(least, eval_fraction, seed) for root, least in self._least.items()}
+        return np.array([side[self._find(n)] for n in self._row_node], dtype=object)
 
 
 def _query_key(query: str) -> str:
@@ -51,43 +134,32 @@ def _user(value: object) -> str | None:
     return str(value) if isinstance(value, str) and value.strip() else None
 
 
+def _check_fraction(eval_fraction: float) -> None:
+    if not 0.0 < eval_fraction < 1.0:
+        raise ValueError(f"eval_fraction must lie in (0, 1), got {eval_fraction}")
+
+
+def _side(group: str, eval_fraction: float, seed: str) -> str:
+    bucket = int.from_bytes(hashlib.sha256(f"{seed}|{group}".encode()).digest()[:8], "big") / 2**64
+    return "eval" if bucket < eval_fraction else "train"
+
+
 def leakage_groups(df: pd.DataFrame, by_user: bool = True, max_group_share: float = 0.01) -> pd.Series:
     """A group id per row: rows in one conversation or with the same query share a group; so do a user's rows
     while the group stays under ``max_group_share`` of all rows (see the module docstring)."""
-    uf = _UnionFind()
-    keys = []
-    for row in df.itertuples(index=False):
-        conversation = f"s:{row.session_id}" if isinstance(row.session_id, str) and row.session_id else f"r:{row.id}"
-        uf.union(conversation, _query_key(row.query))
-        keys.append(conversation)
-    for key in keys:
-        root = uf.find(key)
-        uf.size[root] = uf.size.get(root, 0) + 1
-    if by_user and "user_id" in df and len(df):
-        limit = max(1, int(max_group_share * len(df)))
-        users = pd.DataFrame({"user": [_user(u) for u in df["user_id"]], "key": keys}).dropna()
-        keys_of = users.groupby("user")["key"].agg(list)
-        for user in sorted(keys_of.index, key=lambda u: (len(keys_of[u]), u)):  # smallest first, then by name
-            roots = {uf.find(k) for k in keys_of[user]}
-            if len(roots) > 1 and sum(uf.size.get(r, 0) for r in roots) <= limit:
-                first, *rest = sorted(roots)
-                for other in rest:
-                    uf.union(first, other)
-    return pd.Series([uf.find(k) for k in keys], index=df.index, name="group")
+    grouper = SplitGroups()
+    grouper.add(df)
+    return pd.Series(grouper.groups(by_user, max_group_share), index=df.index, name="group", dtype=object)
 
 
 def assign_split(df: pd.DataFrame, eval_fraction: float = 0.15, seed: str = "feedback-split-v1",
                  by_user: bool = True, max_group_share: float = 0.01) -> pd.Series:
     """'train' or 'eval' per row, stable under new data, with no group on both sides."""
-    if not 0.0 < eval_fraction < 1.0:
-        raise ValueError(f"eval_fraction must lie in (0, 1), got {eval_fraction}")
-    groups = leakage_groups(df, by_user=by_user, max_group_share=max_group_share)
-
-    def side(group: str) -> str:
-        bucket = int.from_bytes(hashlib.sha256(f"{seed}|{group}".encode()).digest()[:8], "big") / 2**64
-        return "eval" if bucket < eval_fraction else "train"
-
-    return groups.map(side).rename("split")
+    _check_fraction(eval_fraction)
+    grouper = SplitGroups()
+    grouper.add(df)
+    return pd.Series(grouper.sides(eval_fraction, seed, by_user, max_group_share), index=df.index, name="split",
+                     dtype=object)
 
 
 def users_on_both_sides(df: pd.DataFrame, split: pd.Series) -> int:
