@@ -126,9 +126,11 @@ def find_phones(text: str, plain_matcher: bool = False) -> Iterator[Span]:
     # A text with fewer digits than any kept phone yields nothing: skip the matcher, the costliest detector.
     if len(_DIGIT.findall(text)) < MIN_PHONE_DIGITS:
         return
-    verdicts = {(offset, len(c)): _may_hold_phone(text, offset, c) for offset, c in _matcher_candidates(text)}
-    if not plain_matcher and not any(verdicts.values()):
-        return  # no region can match where no candidate may hold a phone: the candidates are the same in each
+    verdicts: dict = {}
+    if not plain_matcher:
+        verdicts = {(offset, len(c)): _may_hold_phone(text, offset, c) for offset, c in _matcher_candidates(text)}
+        if not any(verdicts.values()):
+            return  # no region can match where no candidate may hold a phone: the candidates are the same in each
     seen: set[tuple[int, int]] = set()
     for region in PHONE_REGIONS:
         matches = PhoneNumberMatcher(text, region, leniency=Leniency.POSSIBLE) if plain_matcher \
