@@ -29,6 +29,26 @@ def test_paired_interval_rejects_unpaired_or_non_finite_scores():
         paired_interval([1.0, float("nan")], [1.0, 2.0])
 
 
+def test_grouped_interval_resamples_whole_prompts():
+    rng = np.random.default_rng(4)
+    # 15 prompts x 8 pairs; the challenger's gain is shared by a prompt's pairs (plus a little per-pair noise)
+    gain = np.repeat(rng.normal(0.05, 0.3, 15), 8) + rng.normal(0, 0.02, 120)
+    a = rng.normal(0, 1, 120)
+    prompts = np.repeat([f"prompt {i}" for i in range(15)], 8).tolist()
+    by_pair, by_prompt = paired_interval(a, a + gain, seed=1), paired_interval(a, a + gain, seed=1, groups=prompts)
+    assert by_prompt.diff == by_pair.diff == pytest.approx(gain.mean()) and by_prompt.n == 120
+    assert by_prompt.ci_low < by_prompt.diff < by_prompt.ci_high
+    assert (by_prompt.ci_high - by_prompt.ci_low) > 2 * (by_pair.ci_high - by_pair.ci_low)  # ~sqrt(8) in theory
+    # The same thing by hand: scipy's bootstrap of the ratio sum / count over the 15 prompts, paired.
+    sums, counts = gain.reshape(15, 8).sum(axis=1), np.full(15, 8.0)
+    ref = stats.bootstrap((sums, counts), lambda s, c, axis=-1: s.sum(axis=axis) / c.sum(axis=axis), paired=True,
+                          n_resamples=2000, method="percentile", rng=np.random.default_rng(1))
+    assert (by_prompt.ci_low, by_prompt.ci_high) == pytest.approx((ref.confidence_interval.low,
+                                                                    ref.confidence_interval.high))
+    with pytest.raises(ValueError, match="one per example"):
+        paired_interval(a, a, groups=prompts[:3])
+
+
 def test_identical_models_give_a_zero_width_interval_and_are_kept():
     scores = np.linspace(0, 1, 50)
     iv = paired_interval(scores, scores.copy())

@@ -94,3 +94,43 @@ def test_compare_scores_raw_and_length_normalised_views_differ_as_defined():
     assert 0.6 - 1e-9 <= shifted["logp_margin_difference_ci_low"] <= shifted["logp_margin_difference_ci_high"] <= 0.7 + 1e-9
     with pytest.raises(ValueError, match="same pairs"):
         compare_scores(base, _scores([-1.0, -1.0], [-1.0, -1.0], [1, 1], [1, 1]), tokens_c, tokens_r)
+
+
+def test_one_group_per_pair_is_the_plain_pair_bootstrap():
+    rng = np.random.default_rng(3)
+    wins = rng.integers(0, 2, size=40).astype(float)
+    c, r = rng.integers(1, 50, size=40), rng.integers(1, 50, size=40)
+    plain = stratified_accuracies({"v": wins}, c, r, bootstrap=500)
+    grouped = stratified_accuracies({"v": wins}, c, r, bootstrap=500, groups=[f"p{i}" for i in range(40)])
+    for key, value in plain.items():
+        assert grouped[key] == pytest.approx(value, nan_ok=True), key
+    assert grouped["n_groups"] == 40
+
+
+def test_pairs_of_one_prompt_are_resampled_together_and_widen_the_interval():
+    # 12 prompts; each prompt's 6 pairs share one verdict (as pairs sharing answers tend to). Resampled one by one,
+    # the 72 pairs look like 72 independent trials; resampled by prompt they are 12.
+    verdicts = np.repeat([1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1], 6).astype(float)
+    prompts = np.repeat([f"prompt {i}" for i in range(12)], 6)
+    c, r = np.full(72, 9), np.full(72, 3)
+    by_pair = stratified_accuracies({"v": verdicts}, c, r, bootstrap=2000)
+    by_prompt = stratified_accuracies({"v": verdicts}, c, r, bootstrap=2000, groups=prompts.tolist())
+    assert by_prompt["v"] == by_pair["v"] == pytest.approx(8 / 12)
+    width = lambda m: m["v_ci_high"] - m["v_ci_low"]  # noqa: E731
+    assert width(by_prompt) > 1.8 * width(by_pair)  # ~sqrt(6) = 2.4x in theory
+    assert by_prompt["n_groups"] == 12 and by_prompt["n_groups_longer"] == 12 and by_prompt["n_groups_tie"] == 0
+    with pytest.raises(ValueError, match="group ids"):
+        stratified_accuracies({"v": verdicts}, c, r, groups=["a"])
+
+
+def test_compare_scores_passes_the_groups_to_every_interval():
+    tokens = [5.0] * 8
+    base = _scores([-10.0] * 8, [-10.0] * 8, tokens, tokens)
+    cand = _scores([-9.0, -9.0, -9.0, -9.0, -11.0, -11.0, -11.0, -11.0], [-10.0] * 8, tokens, tokens)
+    two_prompts = ["a"] * 4 + ["b"] * 4
+    m = compare_scores(base, cand, tokens, [4.0] * 8, bootstrap=400, groups=two_prompts)
+    assert m["implicit_accuracy"] == 0.5 and m["n_groups"] == 2
+    # Two groups: a resample holds a, b, or both: the accuracy's interval spans 0 .. 1, the margin's -0.2 .. +0.2.
+    assert m["implicit_accuracy_ci_low"] == 0.0 and m["implicit_accuracy_ci_high"] == 1.0
+    assert m["logp_margin_difference_ci_low"] == pytest.approx(-0.2)
+    assert m["logp_margin_difference_ci_high"] == pytest.approx(0.2)

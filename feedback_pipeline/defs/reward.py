@@ -19,7 +19,7 @@ from feedback_pipeline.defs.release import GateConfig, act_on_decision, decision
 from feedback_pipeline.defs.resources import FeedbackStoreResource, MlflowResource, WorkspaceResource
 from feedback_pipeline.defs.trainer_config import BATCH_SIZE, trainer_config
 from feedback_pipeline.deploy_config import TRAINING_POOL
-from feedback_pipeline.evaluation.gate import Evidence, decide, paired_interval, win_outcomes
+from feedback_pipeline.evaluation.gate import Evidence, decide, paired_interval, prompt_groups, win_outcomes
 from feedback_pipeline.release.champions import reward_champion
 from feedback_pipeline.tracking.registry import CHALLENGER, registration_tags
 from feedback_pipeline.tracking.runs import config_params, training_run
@@ -89,7 +89,8 @@ def reward_model_evaluation(context: dg.AssetExecutionContext, config: RewardEva
     champion_chosen, champion_rejected = scores(champ.path) if champ.path else lengths
     challenger_chosen, challenger_rejected = scores(reward_model.model_dir)
     interval = paired_interval(win_outcomes(champion_rejected, champion_chosen),
-                               win_outcomes(challenger_rejected, challenger_chosen), seed=config.seed)
+                               win_outcomes(challenger_rejected, challenger_chosen), seed=config.seed,
+                               groups=prompt_groups(pairs))  # pairs of one prompt share answers: resampled together
     detail = pairwise_accuracy(challenger_chosen, challenger_rejected, *lengths, seed=config.seed)
     with mlflow.start_run(run_id=reward_model.run_id):
         mlflow.log_metrics({"eval_accuracy": detail["accuracy"], "eval_length_rule_accuracy":

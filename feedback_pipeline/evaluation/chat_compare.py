@@ -26,8 +26,8 @@ import numpy as np
 
 from feedback_pipeline.evaluation.chat_eval import response_logprobs
 from feedback_pipeline.evaluation.gate import (Evidence, GateDecision, GatePolicy, Guardrail, Interval, decide,
-                                               length_controlled_win_rate, paired_interval, segment_evidence,
-                                               win_outcomes)
+                                               length_controlled_win_rate, paired_interval, prompt_groups,
+                                               segment_evidence, win_outcomes)
 from feedback_pipeline.evaluation.generation import ChatGenerator, guardrail_arrays
 from feedback_pipeline.evaluation.gold import GoldSet, score_gold
 
@@ -147,9 +147,11 @@ def compare_chat_with_champion(base_model_path: str, champion_adapter: str | Non
             lp = logprobs(name, chosen_rejected)
             accuracy[name] = win_outcomes(lp[1::2], lp[0::2])  # chosen (even rows) above rejected
             margin[name] = lp[0::2] - lp[1::2]  # per-token log-prob of chosen minus rejected
+        prompts = prompt_groups(pairs[: options.max_pairs])  # the pairs of one prompt are resampled together
         intervals["preference_accuracy"] = paired_interval(accuracy[CHAMPION], accuracy[CHALLENGER],
-                                                           seed=options.seed)
-        intervals["preference_margin"] = paired_interval(margin[CHAMPION], margin[CHALLENGER], seed=options.seed)
+                                                           seed=options.seed, groups=prompts)
+        intervals["preference_margin"] = paired_interval(margin[CHAMPION], margin[CHALLENGER], seed=options.seed,
+                                                         groups=prompts)
 
     records = held_out_prompts(held_out, options.n_generated, options.seed)
     prompts = [r["prompt"] for r in records]

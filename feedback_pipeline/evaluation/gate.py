@@ -11,10 +11,11 @@ crosses the margin proves nothing yet: the champion stays.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from scipy import special
@@ -114,16 +115,57 @@ class GateDecision:
 
 
 def paired_interval(champion: Sequence[float], challenger: Sequence[float], confidence: float = 0.95,
-                    n_resamples: int = 2000, seed: int = 0) -> Interval:
-    """Mean of challenger - champion over paired examples, with a percentile bootstrap interval (scipy)."""
+                    n_resamples: int = 2000, seed: int = 0, groups: Sequence[Any] | None = None) -> Interval:
+    """Mean of challenger - champion over paired examples, with a percentile bootstrap interval (scipy).
+
+    ``groups`` (one id per example, e.g. its prompt): examples of one group are resampled together (a cluster
+    bootstrap of the ratio sum of differences / number of examples). Preference pairs of one prompt share answers,
+    so they are not independent, and resampling them one by one would make the interval too narrow."""
     a, b = np.asarray(champion, dtype=float), np.asarray(challenger, dtype=float)
     if a.shape != b.shape or a.ndim != 1 or a.size == 0:
         raise ValueError("champion and challenger scores must be non-empty 1-d arrays of the same length (paired)")
     if not (np.isfinite(a).all() and np.isfinite(b).all()):
         raise ValueError("paired_interval: scores must be finite")
     diff = b - a
-    low, high = bootstrap_interval([diff], np.mean, confidence=confidence, n_resamples=n_resamples, seed=seed)
+    if groups is None:
+        low, high = bootstrap_interval([diff], np.mean, confidence=confidence, n_resamples=n_resamples, seed=seed)
+    else:
+        if len(groups) != a.size:
+            raise ValueError(f"paired_interval: expected {a.size} group ids (one per example), got {len(groups)}")
+        codes = group_codes(groups, a.size)
+        sums, counts = np.bincount(codes, weights=diff), np.bincount(codes).astype(float)
+        low, high = bootstrap_interval([sums, counts], _ratio_of_sums, paired=True, confidence=confidence,
+                                       n_resamples=n_resamples, seed=seed)
     return Interval(float(a.mean()), float(b.mean()), float(diff.mean()), low, high, int(a.size))
+
+
+def factorize(values: np.ndarray) -> np.ndarray:
+    """Integer codes 0..G-1 in order of first appearance (so distinct items keep their positions as codes)."""
+    if values.size == 0:
+        return np.empty(0, dtype=int)
+    _, first, inverse = np.unique(values, return_index=True, return_inverse=True)
+    rank = np.empty(first.size, dtype=int)
+    rank[np.argsort(first)] = np.arange(first.size)
+    return rank[inverse.ravel()]
+
+
+def group_codes(groups: Sequence[Any] | None, n: int) -> np.ndarray:
+    """Integer codes 0..G-1 of ``groups`` (None: every item its own group)."""
+    if groups is None:
+        return np.arange(n)
+    if len(groups) != n:
+        raise ValueError(f"groups: expected {n} group ids (one per item), got {len(groups)}")
+    return factorize(np.asarray([str(g) for g in groups]))
+
+
+def prompt_groups(pairs: Sequence[Mapping[str, Any]]) -> list[str]:
+    """One id per preference pair: its prompt (the whole message list), so that the pairs of one prompt form one
+    bootstrap group (``groups`` of ``paired_interval``)."""
+    return [json.dumps(p["prompt"], sort_keys=True, ensure_ascii=False, default=str) for p in pairs]
+
+
+def _ratio_of_sums(sums: np.ndarray, counts: np.ndarray, axis: int = -1) -> np.ndarray:
+    return np.sum(sums, axis=axis) / np.sum(counts, axis=axis)
 
 
 def win_outcomes(champion_scores: Sequence[float], challenger_scores: Sequence[float]) -> np.ndarray:

@@ -20,8 +20,10 @@ Views, all from scored existing answers (no generation):
   as better only when it also wins in the ``_shorter`` stratum (length-controlled, as in AlpacaEval 2.0).
 
 Ties count half (an untrained adapter has every r = 0, hence implicit accuracy exactly 0.5, not 0). Intervals are
-percentile bootstraps over pairs (numpy, ``bootstrap`` resamples); within one stratum every view uses the same
-resampled pairs, so differences are paired.
+percentile bootstraps (numpy, ``bootstrap`` resamples); within one stratum every view uses the same resamples, so
+differences are paired. Given ``groups`` (one id per pair, e.g. its prompt), whole groups are resampled (a cluster
+bootstrap): the pairs of one prompt share answers, so they are not independent, and resampling them one by one
+gives intervals that are too narrow. ``preference_accuracy`` groups by prompt.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import numpy as np
 import torch
 
 from feedback_pipeline.evaluation.chat_eval import response_logprobs
+from feedback_pipeline.evaluation.gate import factorize, group_codes, prompt_groups
 
 STRATA = ("longer", "shorter", "tie")
 
@@ -53,15 +56,24 @@ def _wins(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(a > b, 1.0, np.where(a == b, 0.5, 0.0))
 
 
-def _ci(values: np.ndarray, idx: np.ndarray) -> tuple[float, float]:
-    if idx.size == 0:
+def _ci(values: np.ndarray, weights: np.ndarray) -> tuple[float, float]:
+    """Percentile interval of the weighted means; ``weights[b, i]``: how often resample b drew item i."""
+    if weights.size == 0:
         return float("nan"), float("nan")
-    low, high = np.percentile(values[idx].mean(axis=1), [2.5, 97.5])
+    low, high = np.percentile(weights @ values / weights.sum(axis=1), [2.5, 97.5])
     return float(low), float(high)
 
 
-def _resamples(n: int, bootstrap: int, rng: np.random.Generator) -> np.ndarray:
-    return rng.integers(0, n, size=(bootstrap, n)) if bootstrap > 0 and n > 0 else np.empty((0, n), int)
+def _resamples(groups: np.ndarray, bootstrap: int, rng: np.random.Generator) -> np.ndarray:
+    """Bootstrap weights (resamples x items): each resample draws as many groups as there are, with replacement, and
+    an item counts as often as its group was drawn. ``groups``: integer group codes 0..G-1, one per item."""
+    n = groups.size
+    if bootstrap <= 0 or n == 0:
+        return np.empty((0, n))
+    g = int(groups.max()) + 1
+    draws = rng.integers(0, g, size=(bootstrap, g))
+    counts = np.bincount((draws + np.arange(bootstrap)[:, None] * g).ravel(), minlength=bootstrap * g)
+    return counts.reshape(bootstrap, g)[:, groups].astype(float)
 
 
 @dataclass(frozen=True)
@@ -98,6 +110,7 @@ def stratified_accuracies(
     prefers_longer: Mapping[str, Sequence[float]] | None = None,
     bootstrap: int = 1000,
     seed: int = 0,
+    groups: Sequence[Any] | None = None,
 ) -> dict[str, float]:
     """Accuracy of each view in ``wins`` (per pair: 1 chosen ranked first, 0.5 tie, 0 rejected first) overall and per
     length stratum, next to the "longer answer wins" rule (``length_rule_accuracy``), with 95% bootstrap intervals.
@@ -107,6 +120,8 @@ def stratified_accuracies(
     pairs of unequal length where the view ranks the longer answer first (ties in score count half).
     Keys: ``<view>``, ``<view>_ci_low``, ``<view>_ci_high`` and the same with ``_longer`` / ``_shorter`` / ``_tie``
     after ``<view>``; ``n_pairs``, ``n_longer``, ``n_shorter``, ``n_tie``. An empty stratum gives NaN.
+    ``groups``: one id per pair; the intervals then resample whole groups (within each stratum), and ``n_groups``
+    (``n_groups_<stratum>``) says how many there are.
     """
     strata = length_strata(chosen_length, rejected_length)
     n = strata["longer"].size
@@ -120,17 +135,20 @@ def stratified_accuracies(
         if v.shape != (n,):
             raise ValueError(f"{name}: expected {n} per-pair values, got shape {v.shape}")
 
+    codes = group_codes(groups, n)
     rng = np.random.default_rng(seed)
     result: dict[str, float] = {"n_pairs": float(n)}
-    groups = [("", np.ones(n, dtype=bool))] + [(f"_{s}", strata[s]) for s in STRATA]
-    for suffix, mask in groups:
+    for suffix, mask in [("", np.ones(n, dtype=bool))] + [(f"_{s}", strata[s]) for s in STRATA]:
         if suffix:
             result[f"n{suffix}"] = float(mask.sum())
-        idx = _resamples(int(mask.sum()), bootstrap, rng)  # one resample per stratum: paired across views
+        sub_codes = factorize(codes[mask])
+        if groups is not None:
+            result[f"n_groups{suffix}"] = float(sub_codes.max() + 1 if sub_codes.size else 0)
+        weights = _resamples(sub_codes, bootstrap, rng)  # one resample per stratum: paired across views
         for name, v in values.items():
             sub = v[mask]
             result[f"{name}{suffix}"] = float(sub.mean()) if sub.size else float("nan")
-            low, high = _ci(sub, idx) if sub.size else (float("nan"), float("nan"))
+            low, high = _ci(sub, weights) if sub.size else (float("nan"), float("nan"))
             result[f"{name}{suffix}_ci_low"], result[f"{name}{suffix}_ci_high"] = low, high
 
     unequal = ~strata["tie"]
@@ -171,8 +189,10 @@ def score_pairs(model: Any, tokenizer: Any, pairs: Sequence[dict[str, Any]], max
 
 
 def compare_scores(base: PairScores, candidate: PairScores, chosen_length: Sequence[float],
-                   rejected_length: Sequence[float], bootstrap: int = 1000, seed: int = 0) -> dict[str, float]:
-    """Every view of the module docstring from two models' scores of the same pairs (see ``preference_accuracy``)."""
+                   rejected_length: Sequence[float], bootstrap: int = 1000, seed: int = 0,
+                   groups: Sequence[Any] | None = None) -> dict[str, float]:
+    """Every view of the module docstring from two models' scores of the same pairs (see ``preference_accuracy``);
+    ``groups`` (one id per pair) makes the intervals resample whole groups."""
     if not (np.array_equal(base.chosen_tokens, candidate.chosen_tokens)
             and np.array_equal(base.rejected_tokens, candidate.rejected_tokens)):
         raise ValueError("base and candidate scores must come from the same pairs and scoring window")
@@ -192,10 +212,9 @@ def compare_scores(base: PairScores, candidate: PairScores, chosen_length: Seque
         wins, chosen_length, rejected_length,
         differences={"accuracy_difference": ("candidate_accuracy", "base_accuracy"),
                      "sum_accuracy_difference": ("candidate_sum_accuracy", "base_sum_accuracy")},
-        prefers_longer=margins, bootstrap=bootstrap, seed=seed)
+        prefers_longer=margins, bootstrap=bootstrap, seed=seed, groups=groups)
 
-    n = base.chosen_sum.size
-    idx = _resamples(n, bootstrap, np.random.default_rng(seed))
+    weights = _resamples(group_codes(groups, base.chosen_sum.size), bootstrap, np.random.default_rng(seed))
     for name, values in (
         ("implicit_margin", reward_c - reward_r),
         ("base_logp_margin", margins["base_accuracy"]),
@@ -203,7 +222,7 @@ def compare_scores(base: PairScores, candidate: PairScores, chosen_length: Seque
         # make run's "preference_margin": candidate minus base per-token margin, paired
         ("logp_margin_difference", margins["candidate_accuracy"] - margins["base_accuracy"]),
     ):
-        low, high = _ci(values, idx)
+        low, high = _ci(values, weights)
         result[name], result[f"{name}_ci_low"], result[f"{name}_ci_high"] = float(values.mean()), low, high
     result["mean_reward_chosen"] = float(reward_c.mean())
     result["mean_reward_rejected"] = float(reward_r.mean())
@@ -227,8 +246,8 @@ def preference_accuracy(
     rule and the length strata (keys: module docstring).
 
     ``pairs``: ``{"prompt": [messages], "chosen": str | [assistant message], "rejected": ...}`` (the DPO dataset
-    records work as they are). 95% intervals resample pairs (``bootstrap`` times; 0 gives NaN intervals); the
-    difference candidate - base accuracy uses the same resampled pairs for both (paired bootstrap).
+    records work as they are). 95% intervals resample prompts with all their pairs (``bootstrap`` times; 0 gives NaN
+    intervals); the difference candidate - base accuracy uses the same resamples for both (paired bootstrap).
     """
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -245,4 +264,6 @@ def preference_accuracy(
     candidate = score_pairs(model, tokenizer, pairs, max_length, batch_size)
     with model.disable_adapter():
         reference = score_pairs(model, tokenizer, pairs, max_length, batch_size)
-    return compare_scores(reference, candidate, *answer_lengths(tokenizer, pairs), bootstrap=bootstrap, seed=seed)
+    return compare_scores(reference, candidate, *answer_lengths(tokenizer, pairs), bootstrap=bootstrap, seed=seed,
+                          groups=prompt_groups(pairs))
+
