@@ -45,7 +45,7 @@ def test_grouped_interval_resamples_whole_prompts():
                           n_resamples=2000, method="percentile", rng=np.random.default_rng(1))
     assert (by_prompt.ci_low, by_prompt.ci_high) == pytest.approx((ref.confidence_interval.low,
                                                                     ref.confidence_interval.high))
-    with pytest.raises(ValueError, match="one per example"):
+    with pytest.raises(ValueError, match="one per item"):
         paired_interval(a, a, groups=prompts[:3])
 
 

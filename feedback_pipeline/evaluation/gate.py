@@ -130,8 +130,6 @@ def paired_interval(champion: Sequence[float], challenger: Sequence[float], conf
     if groups is None:
         low, high = bootstrap_interval([diff], np.mean, confidence=confidence, n_resamples=n_resamples, seed=seed)
     else:
-        if len(groups) != a.size:
-            raise ValueError(f"paired_interval: expected {a.size} group ids (one per example), got {len(groups)}")
         codes = group_codes(groups, a.size)
         sums, counts = np.bincount(codes, weights=diff), np.bincount(codes).astype(float)
         low, high = bootstrap_interval([sums, counts], _ratio_of_sums, paired=True, confidence=confidence,
