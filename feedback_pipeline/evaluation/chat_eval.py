@@ -78,25 +78,16 @@ def _encode(tokenizer: Any, example: dict[str, Any], eot_ids: set[int], max_leng
     return context, response_ids
 
 
-def response_logprobs(
-    model: Any,
-    tokenizer: Any,
-    examples: Sequence[dict[str, Any]],
-    max_length: int = 256,
-    batch_size: int = 4,
-) -> list[tuple[float, int]]:
-    """For each ``{"prompt": [messages], "response": str}``: (sum of response-token log-probs, response token count).
-
-    The prompt is chat-templated with the generation prompt; the response tokens include the end-of-turn token, so
-    an answer that should have ended is scored as such. Prompts longer than ``max_length`` lose their oldest tokens.
-    """
+def _response_token_batches(model: Any, tokenizer: Any, examples: Sequence[dict[str, Any]], max_length: int,
+                            batch_size: int):
+    """Per batch: (per-row sums of response-token log-probs as float64, response token counts, the token log-probs
+    of the batch's scored positions in row order, float64)."""
     if max_length < 2:
         raise ValueError("max_length must be >= 2")
     eot_ids = _end_of_turn_ids(model, tokenizer)
     encoded = [_encode(tokenizer, ex, eot_ids, max_length) for ex in examples]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     device = next(model.parameters()).device
-    results: list[tuple[float, int]] = []
     was_training = model.training
     model.eval()  # no LoRA/attention dropout
     try:
@@ -122,10 +113,40 @@ def response_logprobs(
                 token_lp = torch.log_softmax(picked, dim=-1).gather(-1, shift_labels[mask].unsqueeze(-1)).squeeze(-1)
                 per_row = torch.zeros(len(chunk), dtype=torch.float64, device=device)
                 per_row.index_add_(0, mask.nonzero()[:, 0], token_lp.double())
-                counts = mask.sum(dim=-1)
-                results.extend((float(s), int(c)) for s, c in zip(per_row.tolist(), counts.tolist()))
+                yield per_row.tolist(), mask.sum(dim=-1).tolist(), token_lp.double().cpu().numpy()
     finally:
         model.train(was_training)
+
+
+def response_logprobs(
+    model: Any,
+    tokenizer: Any,
+    examples: Sequence[dict[str, Any]],
+    max_length: int = 256,
+    batch_size: int = 4,
+) -> list[tuple[float, int]]:
+    """For each ``{"prompt": [messages], "response": str}``: (sum of response-token log-probs, response token count).
+
+    The prompt is chat-templated with the generation prompt; the response tokens include the end-of-turn token, so
+    an answer that should have ended is scored as such. Prompts longer than ``max_length`` lose their oldest tokens.
+    """
+    results: list[tuple[float, int]] = []
+    for sums, counts, _ in _response_token_batches(model, tokenizer, examples, max_length, batch_size):
+        results.extend((float(s), int(c)) for s, c in zip(sums, counts))
+    return results
+
+
+def response_token_logprobs(
+    model: Any,
+    tokenizer: Any,
+    examples: Sequence[dict[str, Any]],
+    max_length: int = 256,
+    batch_size: int = 4,
+) -> list[np.ndarray]:
+    """For each example (as ``response_logprobs``): the log-prob of every response token, in order (float64)."""
+    results: list[np.ndarray] = []
+    for _, counts, token_lp in _response_token_batches(model, tokenizer, examples, max_length, batch_size):
+        results.extend(np.split(token_lp, np.cumsum(counts)[:-1]))
     return results
 
 

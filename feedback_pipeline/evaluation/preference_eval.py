@@ -168,19 +168,27 @@ def answer_lengths(tokenizer: Any, pairs: Sequence[dict[str, Any]]) -> tuple[np.
             np.array([count(p["rejected"]) for p in pairs], dtype=float))
 
 
-def score_pairs(model: Any, tokenizer: Any, pairs: Sequence[dict[str, Any]], max_length: int = 256,
-                batch_size: int = 4) -> PairScores:
-    """``model``'s summed response log-probs of every pair's chosen and rejected answer (``response_logprobs``)."""
+def in_pair_order(score: Any, model: Any, tokenizer: Any, pairs: Sequence[dict[str, Any]], max_length: int,
+                  batch_size: int) -> list[Any]:
+    """``score(model, tokenizer, examples, max_length, batch_size)`` (one value per example) over every pair's
+    chosen then rejected answer: [chosen 0, rejected 0, chosen 1, ...]."""
     examples = []
     for pair in pairs:
         for key in ("chosen", "rejected"):
             examples.append({"prompt": pair["prompt"], "response": _text(pair[key])})
     # Batches of similar length pad less (often 1.5-2x faster on a CPU); the scores go back to the pairs' order.
     order = sorted(range(len(examples)), key=lambda i: len(examples[i]["response"]))
-    in_order = response_logprobs(model, tokenizer, [examples[i] for i in order], max_length, batch_size)
-    scored: list[tuple[float, int]] = [(0.0, 0)] * len(examples)
+    in_order = score(model, tokenizer, [examples[i] for i in order], max_length, batch_size)
+    scored: list[Any] = [None] * len(examples)
     for i, value in zip(order, in_order):
         scored[i] = value
+    return scored
+
+
+def score_pairs(model: Any, tokenizer: Any, pairs: Sequence[dict[str, Any]], max_length: int = 256,
+                batch_size: int = 4) -> PairScores:
+    """``model``'s summed response log-probs of every pair's chosen and rejected answer (``response_logprobs``)."""
+    scored = in_pair_order(response_logprobs, model, tokenizer, pairs, max_length, batch_size)
     sums = np.array([s for s, _ in scored])
     counts = np.array([c for _, c in scored], dtype=float)
     if not np.isfinite(sums).all():
