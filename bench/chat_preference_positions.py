@@ -42,13 +42,19 @@ from feedback_pipeline.evaluation.length_diagnostics import (  # noqa: E402
 from feedback_pipeline.evaluation.preference_eval import _wins, answer_lengths, stratified_accuracies  # noqa: E402
 
 
-def score_fold(fold_dir: Path, method: str, n_pairs: int, seed: int, max_length: int, batch: int) -> dict:
-    """Token log-probs of a sample of the fold's held-out pairs under the base and base + the fold's adapter."""
+def score_fold(fold_dir: Path, method: str, n_pairs: int, seed: int, max_length: int, batch: int,
+               split: str = "held_out") -> dict:
+    """Token log-probs of a sample of the fold's held-out pairs (or of the pairs its adapter trained on) under the
+    base and base + the fold's adapter."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     shared = json.loads((fold_dir / "shared.json").read_text())
-    pairs = shared["eval_pairs"]
+    if split == "held_out":
+        pairs = shared["eval_pairs"]
+    else:  # the adapter's own training pairs: what it could fit, to set against what carries over to new prompts
+        train_file = shared["pairs_train_balanced" if method.endswith("+balanced") else "pairs_train"]
+        pairs = [json.loads(line) for line in Path(train_file).read_text().splitlines() if line.strip()]
     if n_pairs:
         pairs = random.Random(seed).sample(pairs, min(n_pairs, len(pairs)))
     adapter = fold_dir / f"{method}-adapter"
@@ -71,6 +77,8 @@ def analyse(folds: list[dict], bootstrap: int) -> dict:
     rejected = [r for f in folds for r in log_ratios(f["cand"][1], f["base"][1])]
     base_c = np.array([a.mean() for f in folds for a in f["base"][0]])
     base_r = np.array([a.mean() for f in folds for a in f["base"][1]])
+    cand_c = np.array([a.mean() for f in folds for a in f["cand"][0]])
+    cand_r = np.array([a.mean() for f in folds for a in f["cand"][1]])
     c_len = np.concatenate([f["lengths"][0] for f in folds])
     r_len = np.concatenate([f["lengths"][1] for f in folds])
     margins = {
@@ -78,11 +86,13 @@ def analyse(folds: list[dict], bootstrap: int) -> dict:
         "implicit_per_token": np.array([c.mean() - r.mean() for c, r in zip(chosen, rejected)]),
         "implicit_matched_prefix": matched_prefix_margins(chosen, rejected),
         "base_per_token": base_c - base_r,
+        "candidate_per_token": cand_c - cand_r,
     }
     wins = {k: _wins(m, np.zeros_like(m)) for k, m in margins.items()}
     groups = [hashlib.sha256(g.encode()).hexdigest()[:16] for g in prompt_groups(pairs)]
-    accuracy = stratified_accuracies(wins, c_len, r_len, prefers_longer=margins, bootstrap=bootstrap, seed=0,
-                                     groups=groups)
+    accuracy = stratified_accuracies(wins, c_len, r_len, differences={"own_difference": ("candidate_per_token",
+                                                                                         "base_per_token")},
+                                     prefers_longer=margins, bootstrap=bootstrap, seed=0, groups=groups)
     longer_is_chosen = c_len > r_len
     shorter_is_chosen = c_len < r_len
     longer = [c if lc else r for c, r, lc, sc in zip(chosen, rejected, longer_is_chosen, shorter_is_chosen) if lc or sc]
@@ -108,7 +118,8 @@ def write(report: dict, out: Path) -> None:
     out.write_text(json.dumps(report, indent=1, default=str))
     a, profiles = report["analysis"]["accuracy"], report["analysis"]["profiles"]
     lines = [
-        f"# Per-token implicit rewards of {report['method']} by position (cross-fitted adapters)",
+        f"# Per-token implicit rewards of {report['method']} by position (cross-fitted adapters, "
+        f"{report['split'].replace('_', '-')} pairs)",
         "",
         f"Command: `{report['command']}`  ",
         f"Work folder {report['work']}: adapters at step {report['adapter_steps']}, {report['analysis']['n_pairs']} "
@@ -124,14 +135,18 @@ def write(report: dict, out: Path) -> None:
     first = next(iter(profiles.values()))
     for k, bucket in enumerate(first):
         to = "end" if math.isinf(bucket["to"]) else f"{bucket['to']:.0f}"
-        cells = [f"{p[k]['mean_log_ratio']:+.4f} ({p[k]['answers']:.0f})" for p in profiles.values()]
+        cells = [f"{p[k]['mean_log_ratio']:+.4f} ({p[k]['answers']:.0f})" if p[k]["tokens"] else "-"
+                 for p in profiles.values()]
         lines.append(f"| {bucket['from']:.0f}-{to} | " + " | ".join(cells) + " |")
     lines += ["", "(answers reaching the bucket in brackets)", "",
               "## Accuracy of each view, and how often it ranks the longer answer first", "",
               "| view | all | preferred longer | preferred shorter | ranks longer first |", "|---|---|---|---|---|"]
     for key, label in (("implicit_raw", "implicit reward, summed"), ("implicit_per_token", "implicit reward, per token"),
                        ("implicit_matched_prefix", "implicit reward, matched prefixes"),
-                       ("base_per_token", "base's own per-token ranking"), ("length_rule_accuracy", "longer answer wins")):
+                       ("base_per_token", "base's own per-token ranking"),
+                       ("candidate_per_token", "candidate's own per-token ranking"),
+                       ("own_difference", "candidate minus base, own per-token ranking"),
+                       ("length_rule_accuracy", "longer answer wins")):
         pl = a.get(f"{key}_prefers_longer")
         lines.append(f"| {label} | {_fmt(a, key)} | {_fmt(a, key + '_longer')} | {_fmt(a, key + '_shorter')} | "
                      f"{'-' if pl is None else f'{pl:.3f}'} |")
@@ -147,6 +162,8 @@ def main() -> None:
     parser.add_argument("--eval-batch", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--bootstrap", type=int, default=2000)
+    parser.add_argument("--split", choices=("held_out", "train"), default="held_out",
+                        help="score each fold's held-out pairs, or the pairs its adapter was trained on")
     parser.add_argument("--results", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -154,11 +171,12 @@ def main() -> None:
     fold_dirs = sorted(d for d in args.work.glob("fold*") if (d / "shared.json").is_file())
     if not fold_dirs:
         parser.error(f"{args.work} holds no fold*/shared.json")
-    folds = [score_fold(d, args.method, args.pairs_per_fold, k, args.max_length, args.eval_batch)
+    folds = [score_fold(d, args.method, args.pairs_per_fold, k, args.max_length, args.eval_batch, args.split)
              for k, d in enumerate(fold_dirs)]
-    out = args.results or REPO / "bench" / "results" / f"chat_preference_positions_{args.method.replace('+', '_')}.json"
+    name = f"chat_preference_positions_{args.method.replace('+', '_')}" + ("_train" if args.split == "train" else "")
+    out = args.results or REPO / "bench" / "results" / f"{name}.json"
     write({"command": " ".join(["python", "bench/chat_preference_positions.py", *sys.argv[1:]]),
-           "method": args.method, "work": str(args.work), "adapter_steps": [f["adapter_manifest"] for f in folds],
+           "method": args.method, "split": args.split, "work": str(args.work), "adapter_steps": [f["adapter_manifest"] for f in folds],
            "machine": {"platform": platform.platform(), "threads": args.threads}, "bootstrap": args.bootstrap,
            "analysis": analyse(folds, args.bootstrap), "wall_s": time.perf_counter() - t0}, out)
     print(out.with_suffix(".md").read_text())
