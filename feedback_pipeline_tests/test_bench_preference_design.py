@@ -21,6 +21,7 @@ def _load(name: str):
 
 curves = _load("chat_preference_curves")
 crossfit = _load("chat_preference_crossfit")
+positions = _load("chat_preference_positions")
 
 
 def test_balanced_pairs_make_length_uninformative_and_keep_ties():
@@ -84,3 +85,32 @@ def test_cross_fit_points_pool_the_folds_at_steps_every_fold_reached():
     expected = compare_scores(base, cand, [4.0] * 5, [6.0] * 5, bootstrap=300, groups=groups)
     assert points[1]["metrics"] == pytest.approx(expected, nan_ok=True)
     assert points[1]["metrics"]["implicit_accuracy"] == pytest.approx(0.9)  # 4 of 5 right, one tie
+
+
+def test_position_diagnosis_pools_folds_and_splits_a_pure_position_gain_from_a_real_preference():
+    # Fold 0: the candidate gains 0.125 nats per token position on every answer (length alone); fold 1: it gains
+    # 0.25 per token on the preferred answer only. Log-probs are multiples of 1/8, so the arithmetic is exact. Pooled, the matched-prefix view credits only fold 1's pairs.
+    rng = np.random.default_rng(3)
+    folds = []
+    for k in range(2):
+        n = 40
+        c_len, r_len = rng.integers(4, 60, n), rng.integers(4, 60, n)
+        base = ([-rng.integers(1, 40, x) / 8 for x in c_len], [-rng.integers(1, 40, x) / 8 for x in r_len])
+        if k == 0:
+            cand = tuple([b + 0.125 * np.arange(b.size) for b in side] for side in base)
+        else:
+            cand = ([b + 0.25 for b in base[0]], [b.copy() for b in base[1]])
+        pairs = [{"prompt": [{"role": "user", "content": f"fold {k} prompt {i // 2}"}], "chosen": "a", "rejected": "b"}
+                 for i in range(n)]
+        folds.append({"pairs": pairs, "cand": cand, "base": base,
+                      "lengths": (c_len.astype(float), r_len.astype(float))})
+    out = positions.analyse(folds, bootstrap=200)
+    acc = out["accuracy"]
+    assert out["n_pairs"] == 80 and out["n_prompts"] == 40
+    # Matched prefixes: every fold 0 pair ties (0.5), every fold 1 pair is right.
+    assert acc["implicit_matched_prefix"] == (40 * 0.5 + 40) / 80
+    # The summed view ranks the longer answer first in all of fold 0's unequal pairs.
+    assert acc["implicit_raw_prefers_longer"] > 0.7
+    profile = out["profiles"]["other answer"]  # fold 1's rejected answers gain nothing: fold 0's rising gains only
+    assert profile[0]["mean_log_ratio"] < profile[2]["mean_log_ratio"]
+    assert acc["own_difference"] == pytest.approx(acc["candidate_per_token"] - acc["base_per_token"])
