@@ -123,7 +123,8 @@ def write(report: dict, out: Path) -> None:
         "",
         f"Command: `{report['command']}`  ",
         f"Work folder {report['work']}: adapters at step {report['adapter_steps']}, {report['analysis']['n_pairs']} "
-        f"held-out pairs from {report['analysis']['n_prompts']} prompts (preferred answer longer {a['n_longer']:.0f}, "
+        f"{'held-out' if report['split'] == 'held_out' else 'training'} pairs from "
+        f"{report['analysis']['n_prompts']} prompts (preferred answer longer {a['n_longer']:.0f}, "
         f"shorter {a['n_shorter']:.0f}); 95% intervals resample prompts ({report['bootstrap']} resamples). "
         f"Wall time {report['wall_s']:.0f} s.",
         "",
@@ -141,7 +142,8 @@ def write(report: dict, out: Path) -> None:
     lines += ["", "(answers reaching the bucket in brackets)", "",
               "## Accuracy of each view, and how often it ranks the longer answer first", "",
               "| view | all | preferred longer | preferred shorter | ranks longer first |", "|---|---|---|---|---|"]
-    for key, label in (("implicit_raw", "implicit reward, summed"), ("implicit_per_token", "implicit reward, per token"),
+    for key, label in (("implicit_raw", "implicit reward, summed"),
+                       ("implicit_per_token", "implicit reward, per token"),
                        ("implicit_matched_prefix", "implicit reward, matched prefixes"),
                        ("base_per_token", "base's own per-token ranking"),
                        ("candidate_per_token", "candidate's own per-token ranking"),
@@ -176,7 +178,8 @@ def main() -> None:
     name = f"chat_preference_positions_{args.method.replace('+', '_')}" + ("_train" if args.split == "train" else "")
     out = args.results or REPO / "bench" / "results" / f"{name}.json"
     write({"command": " ".join(["python", "bench/chat_preference_positions.py", *sys.argv[1:]]),
-           "method": args.method, "split": args.split, "work": str(args.work), "adapter_steps": [f["adapter_manifest"] for f in folds],
+           "method": args.method, "split": args.split, "work": str(args.work),
+           "adapter_steps": [f["adapter_manifest"] for f in folds],
            "machine": {"platform": platform.platform(), "threads": args.threads}, "bootstrap": args.bootstrap,
            "analysis": analyse(folds, args.bootstrap), "wall_s": time.perf_counter() - t0}, out)
     print(out.with_suffix(".md").read_text())

@@ -89,7 +89,8 @@ def test_cross_fit_points_pool_the_folds_at_steps_every_fold_reached():
 
 def test_position_diagnosis_pools_folds_and_splits_a_pure_position_gain_from_a_real_preference():
     # Fold 0: the candidate gains 0.125 nats per token position on every answer (length alone); fold 1: it gains
-    # 0.25 per token on the preferred answer only. Log-probs are multiples of 1/8, so the arithmetic is exact. Pooled, the matched-prefix view credits only fold 1's pairs.
+    # 0.25 per token on the preferred answer only. Log-probs are multiples of 1/8, so the arithmetic is exact.
+    # Pooled, the matched-prefix view credits only fold 1's pairs.
     rng = np.random.default_rng(3)
     folds = []
     for k in range(2):
