@@ -11,7 +11,7 @@ token with the base and the adapter (``length_diagnostics``) and reports, pooled
   answers cut to the shorter one's token count), split by "preferred answer longer / shorter", intervals resampling
   prompts, next to the base's own per-token ranking and the "longer answer wins" rule on the same pairs.
 
-Writes bench/results/chat_preference_positions_<method>.json and .md.
+Writes bench/results/chat_preference_positions_<method>.json and .md (<method>_train.json with --split train).
 """
 
 from __future__ import annotations
