@@ -17,7 +17,6 @@ Writes bench/results/chat_preference_positions_<method>.json and .md (<method>_t
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -35,6 +34,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from feedback_pipeline.datasets.build import read_jsonl  # noqa: E402
 from feedback_pipeline.evaluation.gate import prompt_groups  # noqa: E402
 from feedback_pipeline.evaluation.length_diagnostics import (  # noqa: E402
     log_ratios, matched_prefix_margins, pair_token_logprobs, position_profile,
@@ -54,7 +54,7 @@ def score_fold(fold_dir: Path, method: str, n_pairs: int, seed: int, max_length:
         pairs = shared["eval_pairs"]
     else:  # the adapter's own training pairs: what it could fit, to set against what carries over to new prompts
         train_file = shared["pairs_train_balanced" if method.endswith("+balanced") else "pairs_train"]
-        pairs = [json.loads(line) for line in Path(train_file).read_text().splitlines() if line.strip()]
+        pairs = read_jsonl(Path(train_file))
     if n_pairs:
         pairs = random.Random(seed).sample(pairs, min(n_pairs, len(pairs)))
     adapter = fold_dir / f"{method}-adapter"
@@ -66,9 +66,9 @@ def score_fold(fold_dir: Path, method: str, n_pairs: int, seed: int, max_length:
     cand = pair_token_logprobs(model, tokenizer, pairs, max_length, batch)
     with model.disable_adapter():
         base = pair_token_logprobs(model, tokenizer, pairs, max_length, batch)
+    manifest = adapter / "training_config.json"
     return {"pairs": pairs, "cand": cand, "base": base, "lengths": answer_lengths(tokenizer, pairs),
-            "adapter_manifest": json.loads((adapter / "training_config.json").read_text()).get("steps")
-            if (adapter / "training_config.json").is_file() else None}
+            "adapter_steps": json.loads(manifest.read_text()).get("steps") if manifest.is_file() else None}
 
 
 def analyse(folds: list[dict], bootstrap: int) -> dict:
@@ -89,15 +89,12 @@ def analyse(folds: list[dict], bootstrap: int) -> dict:
         "candidate_per_token": cand_c - cand_r,
     }
     wins = {k: _wins(m, np.zeros_like(m)) for k, m in margins.items()}
-    groups = [hashlib.sha256(g.encode()).hexdigest()[:16] for g in prompt_groups(pairs)]
+    groups = prompt_groups(pairs)
     accuracy = stratified_accuracies(wins, c_len, r_len, differences={"own_difference": ("candidate_per_token",
                                                                                          "base_per_token")},
                                      prefers_longer=margins, bootstrap=bootstrap, seed=0, groups=groups)
-    longer_is_chosen = c_len > r_len
-    shorter_is_chosen = c_len < r_len
-    longer = [c if lc else r for c, r, lc, sc in zip(chosen, rejected, longer_is_chosen, shorter_is_chosen) if lc or sc]
-    shorter = [r if lc else c for c, r, lc, sc in zip(chosen, rejected, longer_is_chosen, shorter_is_chosen)
-               if lc or sc]
+    unequal = [(c, r) if cl > rl else (r, c) for c, r, cl, rl in zip(chosen, rejected, c_len, r_len) if cl != rl]
+    longer, shorter = [pair[0] for pair in unequal], [pair[1] for pair in unequal]
     return {
         "n_pairs": len(pairs), "n_prompts": len(set(groups)),
         "profiles": {"preferred answer": position_profile(chosen), "other answer": position_profile(rejected),
@@ -179,7 +176,7 @@ def main() -> None:
     out = args.results or REPO / "bench" / "results" / f"{name}.json"
     write({"command": " ".join(["python", "bench/chat_preference_positions.py", *sys.argv[1:]]),
            "method": args.method, "split": args.split, "work": str(args.work),
-           "adapter_steps": [f["adapter_manifest"] for f in folds],
+           "adapter_steps": [f["adapter_steps"] for f in folds],
            "machine": {"platform": platform.platform(), "threads": args.threads}, "bootstrap": args.bootstrap,
            "analysis": analyse(folds, args.bootstrap), "wall_s": time.perf_counter() - t0}, out)
     print(out.with_suffix(".md").read_text())

@@ -80,8 +80,8 @@ def _encode(tokenizer: Any, example: dict[str, Any], eot_ids: set[int], max_leng
 
 def _response_token_batches(model: Any, tokenizer: Any, examples: Sequence[dict[str, Any]], max_length: int,
                             batch_size: int):
-    """Per batch: (per-row sums of response-token log-probs as float64, response token counts, the token log-probs
-    of the batch's scored positions in row order, float64)."""
+    """Per batch: (per-row sums of response-token log-probs as float64, response token counts, the float64 tensor of
+    the token log-probs of the batch's scored positions in row order)."""
     if max_length < 2:
         raise ValueError("max_length must be >= 2")
     eot_ids = _end_of_turn_ids(model, tokenizer)
@@ -111,9 +111,10 @@ def _response_token_batches(model: Any, tokenizer: Any, examples: Sequence[dict[
                 # log_softmax only at the scored positions: the full (batch, seq, vocab) tensor is large on a CPU.
                 picked = logits[:, :-1][mask].float()
                 token_lp = torch.log_softmax(picked, dim=-1).gather(-1, shift_labels[mask].unsqueeze(-1)).squeeze(-1)
+                token_lp = token_lp.double()
                 per_row = torch.zeros(len(chunk), dtype=torch.float64, device=device)
-                per_row.index_add_(0, mask.nonzero()[:, 0], token_lp.double())
-                yield per_row.tolist(), mask.sum(dim=-1).tolist(), token_lp.double().cpu().numpy()
+                per_row.index_add_(0, mask.nonzero()[:, 0], token_lp)
+                yield per_row.tolist(), mask.sum(dim=-1).tolist(), token_lp
     finally:
         model.train(was_training)
 
@@ -146,7 +147,7 @@ def response_token_logprobs(
     """For each example (as ``response_logprobs``): the log-prob of every response token, in order (float64)."""
     results: list[np.ndarray] = []
     for _, counts, token_lp in _response_token_batches(model, tokenizer, examples, max_length, batch_size):
-        results.extend(np.split(token_lp, np.cumsum(counts)[:-1]))
+        results.extend(np.split(token_lp.cpu().numpy(), np.cumsum(counts)[:-1]))
     return results
 
 
