@@ -185,7 +185,7 @@ def test_config_validation():
     cfg = PreferenceConfig.from_dict({**base, "lora_target_modules": "q_proj, v_proj"})
     assert cfg.lora_target_modules == ["q_proj", "v_proj"]
     assert (cfg.method, cfg.learning_rate, cfg.beta, cfg.max_prompt_length) == ("kto", 5e-5, 0.1, 128)
-    for bad in ({"method": "orpo"}, {"max_step": 3}, {"method": "dpo", "desirable_weight": 2.0},
+    for bad in ({"method": "cpo"}, {"max_step": 3}, {"method": "dpo", "desirable_weight": 2.0},
                 {"early_stopping_patience": 2}, {"per_device_train_batch_size": 1},
                 {"eval_file": "e", "early_stopping_patience": 2, "eval_steps": 4, "save_steps": 6}):
         with pytest.raises(ValueError):
@@ -196,6 +196,7 @@ def test_pair_method_defaults_and_validation():
     base = {"base_model_path": "b", "train_file": "t", "output_dir": "o"}
     assert PreferenceConfig.from_dict({**base, "method": "simpo"}).beta == 2.0  # SimPO's own scale
     assert PreferenceConfig.from_dict({**base, "method": "ld_dpo"}).beta == 0.1
+    assert PreferenceConfig.from_dict({**base, "method": "orpo"}).beta == 0.1  # ORPO's lambda
     assert PreferenceConfig.from_dict({**base, "method": "simpo", "beta": 2.5}).beta == 2.5
     for bad in ({"method": "ld_dpo", "ld_alpha": 1.5}, {"method": "simpo", "beta": 0.0},
                 {"method": "simpo", "desirable_weight": 2.0}):
@@ -203,7 +204,7 @@ def test_pair_method_defaults_and_validation():
             PreferenceConfig.from_dict({**base, **bad})
 
 
-@pytest.mark.parametrize("method", ["simpo", "ld_dpo", "ipo"])
+@pytest.mark.parametrize("method", ["simpo", "ld_dpo", "ipo", "orpo"])
 def test_pair_methods_train(method, base_model_dir, tmp_path):
     """Two steps of each added pair method on the tiny pairs: finite losses, LoRA weights moved, adapter saved."""
     from feedback_pipeline.training.chat_preference import main
