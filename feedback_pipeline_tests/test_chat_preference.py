@@ -185,7 +185,7 @@ def test_config_validation():
     cfg = PreferenceConfig.from_dict({**base, "lora_target_modules": "q_proj, v_proj"})
     assert cfg.lora_target_modules == ["q_proj", "v_proj"]
     assert (cfg.method, cfg.learning_rate, cfg.beta, cfg.max_prompt_length) == ("kto", 5e-5, 0.1, 128)
-    for bad in ({"method": "cpo"}, {"max_step": 3}, {"method": "dpo", "desirable_weight": 2.0},
+    for bad in ({"method": "rso"}, {"max_step": 3}, {"method": "dpo", "desirable_weight": 2.0},
                 {"early_stopping_patience": 2}, {"per_device_train_batch_size": 1},
                 {"eval_file": "e", "early_stopping_patience": 2, "eval_steps": 4, "save_steps": 6}):
         with pytest.raises(ValueError):
@@ -204,7 +204,7 @@ def test_pair_method_defaults_and_validation():
             PreferenceConfig.from_dict({**base, **bad})
 
 
-@pytest.mark.parametrize("method", ["simpo", "ld_dpo", "ipo", "orpo"])
+@pytest.mark.parametrize("method", ["simpo", "ld_dpo", "ipo", "cpo", "orpo"])
 def test_pair_methods_train(method, base_model_dir, tmp_path):
     """Two steps of each added pair method on the tiny pairs: finite losses, LoRA weights moved, adapter saved."""
     from feedback_pipeline.training.chat_preference import main

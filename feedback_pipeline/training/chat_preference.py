@@ -10,6 +10,8 @@ printed as JSON on stdout, progress goes to the log on stderr). Pair methods:
 - ``ipo``: IPO (squared loss towards a margin of 1 / (2 beta) on per-token averaged log-ratios).
 - ``simpo``: SimPO through trl's CPOTrainer (``loss_type="simpo"``, ``cpo_alpha=0``): reward = beta x the mean
   per-token log-prob (no reference model), margin ``simpo_gamma``.
+- ``cpo``: CPO through trl's CPOTrainer (``loss_type="sigmoid"``, ``cpo_alpha=1``): DPO's sigmoid loss on beta x
+  the difference of summed log-probs (no reference model) plus the chosen answer's NLL.
 - ``orpo``: ORPO through trl's ORPOTrainer: NLL of the chosen answer plus beta x the log-sigmoid of the log odds
   ratio between chosen and rejected, with odds from the mean per-token probability (no reference model).
 
@@ -51,14 +53,14 @@ from feedback_pipeline.training.config_file import JsonConfig, jsonl_records
 
 logger = logging.getLogger(__name__)
 
-PreferenceMethod = Literal["kto", "dpo", "ld_dpo", "ipo", "simpo", "orpo"]
+PreferenceMethod = Literal["kto", "dpo", "ld_dpo", "ipo", "simpo", "cpo", "orpo"]
 METHODS: tuple[str, ...] = get_args(PreferenceMethod)
-PAIR_METHODS = ("dpo", "ld_dpo", "ipo", "simpo", "orpo")  # trained on chosen/rejected pairs; kto on labelled completions
+PAIR_METHODS = ("dpo", "ld_dpo", "ipo", "simpo", "cpo", "orpo")  # trained on chosen/rejected pairs; kto on labelled completions
 # beta when the config leaves it unset. SimPO's reward is beta x a per-token mean log-prob (no reference): the SimPO
 # paper uses beta 2-2.5 with gamma / beta 0.5-0.8 (simpo_gamma defaults to 1.0 = 0.5 x 2.0); the others scale a
-# log-ratio against the base, where 0.1 is trl's default. ORPO's beta is the paper's lambda (weight of the odds-ratio
+# log-ratio against the base (CPO: a log-prob difference), where 0.1 is trl's default. ORPO's beta is the paper's lambda (weight of the odds-ratio
 # term next to the NLL), 0.1 in the paper and in trl.
-DEFAULT_BETA = {"kto": 0.1, "dpo": 0.1, "ld_dpo": 0.1, "ipo": 0.1, "simpo": 2.0, "orpo": 0.1}
+DEFAULT_BETA = {"kto": 0.1, "dpo": 0.1, "ld_dpo": 0.1, "ipo": 0.1, "simpo": 2.0, "cpo": 0.1, "orpo": 0.1}
 # KTO paper, eq. 8: weights with lambda_D * n_D / (lambda_U * n_U) in [1, 4/3]; aim at the middle of that range.
 KTO_TARGET_RATIO = 7 / 6
 
@@ -80,8 +82,8 @@ class PreferenceConfig(JsonConfig, CheckpointOptions, LoraOptions):
     method: PreferenceMethod = field(
         default="kto",
         metadata={"help": "'kto' (thumbs: unpaired labels), or on pairs 'dpo', 'ld_dpo' (length-desensitised DPO), "
-                          "'ipo', 'simpo' (length-normalised, no reference model) or 'orpo' (NLL + odds ratio, "
-                          "no reference model)."},
+                          "'ipo', 'simpo' (length-normalised, no reference model), 'cpo' or 'orpo' (chosen NLL "
+                          "+ a pairwise term, no reference model)."},
     )
     eval_file: str | None = field(
         default=None, metadata={"help": "Optional JSONL in the train format; its preference loss is eval_loss."}
@@ -281,7 +283,7 @@ def main(
     log: Callable[[str], None] | None = None,
     extra_callbacks: Sequence[TrainerCallback] = (),
 ) -> PreferenceResult:
-    """Train a KTO or pair-method (DPO, LD-DPO, IPO, SimPO, ORPO) LoRA adapter on ``cfg.train_file`` and save it to ``cfg.output_dir``. Raises on bad data,
+    """Train a KTO or pair-method (DPO, LD-DPO, IPO, SimPO, CPO, ORPO) LoRA adapter on ``cfg.train_file`` and save it to ``cfg.output_dir``. Raises on bad data,
     NaN losses, or a resume onto a checkpoint trained on other data."""
     from datasets import Dataset
     from transformers import EarlyStoppingCallback
@@ -322,11 +324,12 @@ def main(
         from trl import KTOConfig, KTOTrainer
 
         args, trainer_cls = KTOConfig(**common, desirable_weight=desirable, undesirable_weight=undesirable), KTOTrainer
-    elif cfg.method == "simpo":
+    elif cfg.method in ("simpo", "cpo"):
         from trl.experimental.cpo import CPOConfig, CPOTrainer
 
-        args = CPOConfig(**common, loss_type="simpo", cpo_alpha=0.0, simpo_gamma=cfg.simpo_gamma)
-        trainer_cls = CPOTrainer
+        loss = ({"loss_type": "simpo", "cpo_alpha": 0.0, "simpo_gamma": cfg.simpo_gamma} if cfg.method == "simpo"
+                else {"loss_type": "sigmoid", "cpo_alpha": 1.0})
+        args, trainer_cls = CPOConfig(**common, **loss), CPOTrainer
     elif cfg.method == "orpo":
         from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
