@@ -92,6 +92,8 @@ def main_bench() -> None:
     parser.add_argument("--folds", type=int, default=2)
     parser.add_argument("--steps", default="0,50,150", help="step counts scored (the last is max_steps)")
     parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--base-model", default="",
+                        help="a local HF causal-LM folder to train from (default: the bundled SmolLM2-135M-Instruct)")
     parser.add_argument("--max-length", type=int, default=192)
     parser.add_argument("--eval-pairs", type=int, default=0, help="cap on each fold's scored pairs (0: all)")
     parser.add_argument("--eval-batch", type=int, default=8)
@@ -115,7 +117,7 @@ def main_bench() -> None:
     t0 = time.perf_counter()
     shutil.rmtree(args.work, ignore_errors=True)
     args.work.mkdir(parents=True)
-    base_dir = prepare_base_chat_model(curves.BASE_DIR)
+    base_dir = prepare_base_chat_model(curves.BASE_DIR, args.base_model)
     df = bench.load_oasst1(bench.OASST1)
     data = bench.build_data(df, args.work / "datasets", eval_fraction=0.15)
     pairs = read_jsonl(data["dpo"].file("train")) + read_jsonl(data["dpo"].file("eval"))
@@ -156,9 +158,9 @@ def main_bench() -> None:
                     "load_avg_at_start": os.getloadavg()},
         "data": {"replies": len(df), "pairs": len(pairs), "pair_fingerprint": data["dpo"].fingerprint,
                  "folds": folds_info},
-        "settings": {"methods": methods, "steps": schedule, "lr": args.lr, "max_length": args.max_length,
-                     "lora": "r16 alpha16 q/k/v/o", "sequences_per_step": 4, "threads": args.threads,
-                     "bootstrap": args.bootstrap, "folds": args.folds, "jobs": args.jobs},
+        "settings": {"base_model": str(base_dir), "methods": methods, "steps": schedule, "lr": args.lr,
+                     "max_length": args.max_length, "lora": "r16 alpha16 q/k/v/o", "sequences_per_step": 4,
+                     "threads": args.threads, "bootstrap": args.bootstrap, "folds": args.folds, "jobs": args.jobs},
         "base_metrics": {}, "methods": {}, "pairs": {"prompt_group": groups},
     }
 

@@ -299,7 +299,7 @@ def run_orchestrator(args: argparse.Namespace) -> None:
     shutil.rmtree(args.work, ignore_errors=True)
     args.work.mkdir(parents=True)
     bench = _load_sibling("chat_preference")
-    base_dir = prepare_base_chat_model(BASE_DIR)
+    base_dir = prepare_base_chat_model(BASE_DIR, args.base_model)
     df = bench.load_oasst1(bench.OASST1)
     data = bench.build_data(df, args.work / "datasets", eval_fraction=args.eval_fraction)
     held_out = data["dpo_eval"]
@@ -333,9 +333,10 @@ def run_orchestrator(args: argparse.Namespace) -> None:
                  "kto_fingerprint": data["kto"].fingerprint, "leaked_prompts": data["leaked_prompts"],
                  "eval_pairs_scored": len(pairs), "eval_fraction": args.eval_fraction,
                  "balanced_train_pairs": len(balanced)},
-        "settings": {"methods": args.methods, "steps": args.schedule, "lr": args.lr, "max_length": args.max_length,
-                     "lora": "r16 alpha16 q/k/v/o", "sequences_per_step": 4, "threads": args.threads,
-                     "bootstrap": args.bootstrap, "budget_min": args.budget_min, "jobs": args.jobs},
+        "settings": {"base_model": str(base_dir), "methods": args.methods, "steps": args.schedule, "lr": args.lr,
+                     "max_length": args.max_length, "lora": "r16 alpha16 q/k/v/o", "sequences_per_step": 4,
+                     "threads": args.threads, "bootstrap": args.bootstrap, "budget_min": args.budget_min,
+                     "jobs": args.jobs},
         "base_eval_s": base_eval_s, "base_metrics": base_metrics, "methods": {},
         # per held-out pair: the base's scores, answer lengths and prompt group (pairs of one prompt share answers)
         "pairs": {"base_scores": _scores_to_json(base_scores), "chosen_length": chosen_len.tolist(),
@@ -407,6 +408,8 @@ def main_bench() -> None:
                         help=f"comma-separated, of {METHODS}; a pair method may end in '+balanced'")
     parser.add_argument("--steps", default="0,10,30,60,120", help="step counts scored (the last is max_steps)")
     parser.add_argument("--lr", type=float, default=2e-4, help="peak learning rate (LoRA r=16, alpha=16)")
+    parser.add_argument("--base-model", default="",
+                        help="a local HF causal-LM folder to train from (default: the bundled SmolLM2-135M-Instruct)")
     parser.add_argument("--max-length", type=int, default=192)
     parser.add_argument("--eval-pairs", type=int, default=100, help="held-out pairs scored (random sample)")
     parser.add_argument("--eval-fraction", type=float, default=0.15, help="share of prompt groups held out")
