@@ -55,11 +55,12 @@ logger = logging.getLogger(__name__)
 
 PreferenceMethod = Literal["kto", "dpo", "ld_dpo", "ipo", "simpo", "cpo", "orpo"]
 METHODS: tuple[str, ...] = get_args(PreferenceMethod)
-PAIR_METHODS = ("dpo", "ld_dpo", "ipo", "simpo", "cpo", "orpo")  # trained on chosen/rejected pairs; kto on labelled completions
+# pair methods train on chosen/rejected pairs; kto on labelled completions
+PAIR_METHODS = ("dpo", "ld_dpo", "ipo", "simpo", "cpo", "orpo")
 # beta when the config leaves it unset. SimPO's reward is beta x a per-token mean log-prob (no reference): the SimPO
 # paper uses beta 2-2.5 with gamma / beta 0.5-0.8 (simpo_gamma defaults to 1.0 = 0.5 x 2.0); the others scale a
-# log-ratio against the base (CPO: a log-prob difference), where 0.1 is trl's default. ORPO's beta is the paper's lambda (weight of the odds-ratio
-# term next to the NLL), 0.1 in the paper and in trl.
+# log-ratio against the base (CPO: a plain log-prob difference), where 0.1 is trl's default. ORPO's beta is the
+# paper's lambda (weight of the odds-ratio term next to the NLL), 0.1 in the paper and in trl.
 DEFAULT_BETA = {"kto": 0.1, "dpo": 0.1, "ld_dpo": 0.1, "ipo": 0.1, "simpo": 2.0, "cpo": 0.1, "orpo": 0.1}
 # KTO paper, eq. 8: weights with lambda_D * n_D / (lambda_U * n_U) in [1, 4/3]; aim at the middle of that range.
 KTO_TARGET_RATIO = 7 / 6
@@ -97,8 +98,9 @@ class PreferenceConfig(JsonConfig, CheckpointOptions, LoraOptions):
     beta: float | None = field(
         default=None,
         metadata={"help": "KTO/DPO/LD-DPO/IPO: strength of the pull towards the reference (base) model, higher = "
-                          "closer (default 0.1). SimPO: scale of its length-normalised reward (default 2.0). ORPO: "
-                          "weight of the odds-ratio term next to the chosen answer's NLL (default 0.1)."},
+                          "closer (default 0.1). SimPO: scale of its length-normalised reward (default 2.0). CPO: "
+                          "scale of the summed log-prob difference (default 0.1). ORPO: weight of the odds-ratio term "
+                          "next to the chosen answer's NLL (default 0.1)."},
     )
     simpo_gamma: float = field(
         default=1.0, metadata={"help": "SimPO's target reward margin (method 'simpo' only; gamma / beta = 0.5)."}
@@ -283,8 +285,8 @@ def main(
     log: Callable[[str], None] | None = None,
     extra_callbacks: Sequence[TrainerCallback] = (),
 ) -> PreferenceResult:
-    """Train a KTO or pair-method (DPO, LD-DPO, IPO, SimPO, CPO, ORPO) LoRA adapter on ``cfg.train_file`` and save it to ``cfg.output_dir``. Raises on bad data,
-    NaN losses, or a resume onto a checkpoint trained on other data."""
+    """Train a KTO or pair-method (DPO, LD-DPO, IPO, SimPO, CPO, ORPO) LoRA adapter on ``cfg.train_file`` and save it
+    to ``cfg.output_dir``. Raises on bad data, NaN losses, or a resume onto a checkpoint trained on other data."""
     from datasets import Dataset
     from transformers import EarlyStoppingCallback
 
