@@ -329,8 +329,8 @@ def main(
     elif cfg.method in ("simpo", "cpo"):
         from trl.experimental.cpo import CPOConfig, CPOTrainer
 
-        loss = ({"loss_type": "simpo", "cpo_alpha": 0.0, "simpo_gamma": cfg.simpo_gamma} if cfg.method == "simpo"
-                else {"loss_type": "sigmoid", "cpo_alpha": 1.0})
+        loss = {"simpo": {"loss_type": "simpo", "cpo_alpha": 0.0, "simpo_gamma": cfg.simpo_gamma},
+                "cpo": {"loss_type": "sigmoid", "cpo_alpha": 1.0}}[cfg.method]
         args, trainer_cls = CPOConfig(**common, **loss), CPOTrainer
     elif cfg.method == "orpo":
         from trl.experimental.orpo import ORPOConfig, ORPOTrainer
